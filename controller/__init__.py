@@ -1,0 +1,1 @@
+"""center-controller: the building controller of a community service center."""

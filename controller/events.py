@@ -1,0 +1,64 @@
+"""The events that flow through the controller's bus.
+
+Drivers publish what devices said (:class:`ReadingReceived`,
+:class:`AvailabilityChanged`, :class:`BadPayload`); the room-state model
+publishes what that means (:class:`RoomStateChanged`,
+:class:`DeviceStateChanged`). Rules, storage and the web layer only ever see
+these frozen values, never a protocol.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+from controller.readings import Reading
+
+
+class AvailabilitySource(enum.StrEnum):
+    LWT = "lwt"  # the device's own availability topic (its last will)
+    SILENCE = "silence"  # missed too many reporting intervals
+    READING = "reading"  # a reading arrived from a device thought offline
+    POLL = "poll"  # Modbus poll results
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingReceived:
+    device_id: str
+    reading: Reading
+    time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AvailabilityChanged:
+    device_id: str
+    online: bool
+    source: AvailabilitySource
+    time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BadPayload:
+    """A message that changed nothing, and why; ``device_id`` may be unknown to the site."""
+
+    device_id: str
+    reason: str
+    detail: str
+    topic: str
+    time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RoomStateChanged:
+    room_id: str
+    time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStateChanged:
+    device_id: str
+    time: datetime
+
+
+Event = ReadingReceived | AvailabilityChanged | BadPayload | RoomStateChanged | DeviceStateChanged

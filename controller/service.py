@@ -1,0 +1,204 @@
+"""The composition root: builds every part, wires them on the bus, runs and stops them.
+
+Nothing else in the project constructs a driver, a rule or the web app. The
+flow is one direction: MQTT link -> ingest (decode) -> bus -> live state ->
+bus -> room publisher / web / (later) rules and storage.
+
+Start order is the dependency order and stop is its reverse (an
+``AsyncExitStack``), with the whole stop bounded by ``shutdown_timeout`` so a
+hung broker can never keep a SIGTERM from finishing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from aiohttp import web
+
+from controller.bus import EventBus
+from controller.clock import Clock
+from controller.diagnostics import BadPayloadLog
+from controller.ingest import MqttIngest
+from controller.mqtt_link import MqttLink
+from controller.room_publisher import RoomStatePublisher
+from controller.settings import Settings
+from controller.silence import SilenceWatch
+from controller.site import Site
+from controller.state import LiveState
+from web.app import create_app
+from web.auth import TokenAuth
+
+
+class ConfigurationError(Exception):
+    """Settings that cannot work, explained for the operator."""
+
+
+class ControllerService:
+    def __init__(
+        self,
+        settings: Settings,
+        site: Site,
+        clock: Clock,
+        *,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        endpoint = settings.mqtt_endpoint()
+        if endpoint is None:
+            raise ConfigurationError(
+                "CENTER_MQTT_URL is not set; point it at the broker, e.g. mqtt://127.0.0.1:1883"
+            )
+        self._settings = settings
+        self._site = site
+        self._clock = clock
+        self._logger = logger or logging.getLogger("controller")
+        site_id = site.site.id
+        self.prefix = settings.topic_prefix(site_id)
+
+        self.bus = EventBus()
+        self.state = LiveState(site, self.bus)
+        self.ingest = MqttIngest(site, self.prefix, self.bus, clock)
+        self.room_publisher = RoomStatePublisher(
+            self.state, self.bus, self.prefix, [room.id for room in site.rooms]
+        )
+        self.link = MqttLink(
+            endpoint=endpoint,
+            client_id=settings.client_id(site_id),
+            prefix=self.prefix,
+            ingest=self.ingest,
+            rooms=self.room_publisher,
+            clock=clock,
+            keepalive=settings.mqtt_keepalive,
+            ca_file=settings.mqtt_ca_file,
+            backoff_min=settings.mqtt_reconnect_min,
+            backoff_max=settings.mqtt_reconnect_max,
+        )
+        self.bad_payloads = BadPayloadLog(
+            self.bus,
+            frozenset(device.id for device in site.devices),
+            report=self.link.publish_event,
+        )
+        self.silence = SilenceWatch(
+            self.state, self.bus, clock, missed=site.rules.offline_after_missed
+        )
+        self.auth = TokenAuth(settings.scopes_by_token())
+        self.app = create_app(site=site, state=self.state, health=self.health, auth=self.auth)
+        self._started: datetime | None = None
+        self.http_port: int | None = None
+
+    def health(self) -> dict[str, Any]:
+        """Liveness and readiness, per part: ``ok``, ``degraded`` or ``down``."""
+        devices = self.state.devices.values()
+        offline = sorted(state.device.id for state in devices if state.online is False)
+        unknown = sorted(state.device.id for state in devices if state.online is None)
+        mqtt = self.link.status.to_json()
+        if not self.link.status.connected:
+            status = "down"
+        elif offline:
+            status = "degraded"
+        else:
+            status = "ok"
+        return {
+            "status": status,
+            "site": self._site.site.id,
+            "version": _version(),
+            "started": self._started.isoformat() if self._started else None,
+            "mqtt": mqtt,
+            "devices": {
+                "status": "degraded" if offline else "ok",
+                "total": len(self.state.devices),
+                "offline": offline,
+                "not_heard_yet": unknown,
+            },
+            "ingest": {
+                **self.ingest.stats.to_json(),
+                "bad_payloads_by_device": self.bad_payloads.counts(),
+                "room_states_published": self.room_publisher.published,
+                "event_handler_errors": self.bus.handler_errors,
+            },
+        }
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        """Run until ``stop`` is set, then shut down within the configured deadline."""
+        self._started = self._clock.now()
+        async with AsyncExitStack() as stack:
+            self.state.start()
+            stack.callback(self.state.stop)
+            self.room_publisher.start()
+            stack.callback(self.room_publisher.stop)
+            self.bad_payloads.start()
+            stack.callback(self.bad_payloads.stop)
+            if self.auth.open:
+                self._logger.warning(
+                    "no CENTER_API_TOKENS configured: "
+                    "the HTTP API is open to anyone who can reach it"
+                )
+            await stack.enter_async_context(self._http())
+            link_task = asyncio.create_task(self.link.run(), name="mqtt-link")
+            watch_task = asyncio.create_task(self.silence.run(), name="silence-watch")
+            stack.push_async_callback(self._stop_tasks, link_task, watch_task)
+            if ready is not None:
+                ready.set()
+            stopped = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait(
+                (stopped, link_task, watch_task), return_when=asyncio.FIRST_COMPLETED
+            )
+            stopped.cancel()
+            for task in done - {stopped}:
+                task.result()  # a part that ended on its own failed: raise its error
+            self._logger.info("stopping")
+
+    async def _stop_tasks(
+        self, link_task: asyncio.Task[None], watch_task: asyncio.Task[None]
+    ) -> None:
+        watch_task.cancel()
+        self.link.stop()
+        try:
+            async with asyncio.timeout(self._settings.shutdown_timeout):
+                await asyncio.gather(link_task, return_exceptions=False)
+        except TimeoutError:
+            self._logger.error(
+                "MQTT link did not stop within %.1f s", self._settings.shutdown_timeout
+            )
+            link_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch_task
+        with contextlib.suppress(asyncio.CancelledError):
+            await link_task
+
+    @contextlib.asynccontextmanager
+    async def _http(self) -> AsyncIterator[None]:
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._settings.http_host, self._settings.http_port)
+            await site.start()
+            self.http_port = _bound_port(runner)
+            self._logger.info(
+                "HTTP API on http://%s:%s/api/health",
+                self._settings.http_host,
+                self.http_port,
+            )
+            yield
+        finally:
+            await runner.cleanup()
+
+
+def _bound_port(runner: web.AppRunner) -> int | None:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return None
+
+
+def _version() -> str:
+    try:
+        return version("center-controller")
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,123 @@
+"""The HTTP API (and, later, the status page): ``create_app`` builds it from its parts.
+
+Handlers read live state through objects under typed ``AppKey``s; nothing
+here reaches into globals, so a test builds an app around any state it likes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from controller.settings import Scope
+from controller.site import Room, Site
+from controller.state import LiveState
+from web.auth import TokenAuth, requires
+from web.errors import error_response
+
+HealthReport = Callable[[], dict[str, Any]]
+
+SITE = web.AppKey("site", Site)
+STATE = web.AppKey("state", LiveState)
+HEALTH: web.AppKey[HealthReport] = web.AppKey("health")
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def create_app(
+    *, site: Site, state: LiveState, health: HealthReport, auth: TokenAuth
+) -> web.Application:
+    app = web.Application(
+        middlewares=[_json_errors, auth.middleware], client_max_size=MAX_BODY_BYTES
+    )
+    app[SITE] = site
+    app[STATE] = state
+    app[HEALTH] = health
+    app.router.add_get("/api/health", get_health)
+    app.router.add_get("/api/rooms", get_rooms)
+    app.router.add_get("/api/rooms/{room}", get_room)
+    app.router.add_get("/api/devices", get_devices)
+    return app
+
+
+@requires(None)
+async def get_health(request: web.Request) -> web.Response:
+    report = request.app[HEALTH]()
+    status = 503 if report.get("status") == "down" else 200
+    return web.json_response(report, status=status)
+
+
+@requires(Scope.READ)
+async def get_rooms(request: web.Request) -> web.Response:
+    site = request.app[SITE]
+    state = request.app[STATE]
+    return web.json_response(
+        {
+            "site": {
+                "id": site.site.id,
+                "name": site.site.name,
+                "name_en": site.site.name_en,
+                "timezone": site.site.timezone,
+                "state": state.site_state.to_json(),
+            },
+            "rooms": [_room_json(room, state, with_devices=False) for room in site.rooms],
+        }
+    )
+
+
+@requires(Scope.READ)
+async def get_room(request: web.Request) -> web.Response:
+    site = request.app[SITE]
+    room = site.room_by_id.get(request.match_info["room"])
+    if room is None:
+        return error_response(
+            404, "not_found", "no such room", {"room": request.match_info["room"]}
+        )
+    return web.json_response(_room_json(room, request.app[STATE], with_devices=True))
+
+
+@requires(Scope.READ)
+async def get_devices(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.json_response({"devices": [device.to_json() for device in state.devices.values()]})
+
+
+def _room_json(room: Room, state: LiveState, *, with_devices: bool) -> dict[str, Any]:
+    updated = state.room_updated(room.id)
+    devices = list(state.devices_in(room.id))
+    return {
+        "id": room.id,
+        "name": room.name,
+        "name_en": room.name_en,
+        "capacity": room.capacity,
+        "bookable": room.bookable,
+        "always_open": room.always_open,
+        "state": state.room(room.id).to_json(),
+        "updated": updated.isoformat() if updated else None,
+        "devices": (
+            [device.to_json() for device in devices]
+            if with_devices
+            else [device.device.id for device in devices]
+        ),
+    }
+
+
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Any]
+) -> web.StreamResponse:
+    """Routing and size errors in the API's error shape instead of aiohttp's HTML."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        code = {
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "too_large",
+        }.get(error.status, "http_error")
+        return error_response(error.status, code, error.reason)

@@ -97,23 +97,34 @@ class MqttLink:
             client.publish_nowait(self.events_topic, orjson.dumps(event), qos=1)
 
     async def run(self) -> None:
-        """Stay connected until :meth:`stop`; returns after announcing ``offline``."""
+        """Stay connected until :meth:`stop`; returns after announcing ``offline``.
+
+        An outage is logged once as a warning; the retries behind it only at
+        debug level, and the reconnect at info, so a night without a broker
+        leaves three lines, not three thousand.
+        """
         delay = self._backoff_min
+        outage_logged = False
         while not self._stopping.is_set():
             try:
                 await self._session()
-                delay = self._backoff_min
             except MqttError as error:
                 self.status.last_error = str(error)
                 if self.status.connected:
-                    self._logger.warning("MQTT link lost: %s", error)
-                else:
+                    delay = self._backoff_min  # a fresh outage starts with a quick retry
+                    self._logger.warning("MQTT link lost: %s; reconnecting", error)
+                    outage_logged = True
+                elif not outage_logged:
                     self._logger.warning(
-                        "cannot reach MQTT broker %s: %s; retrying in %.1f s",
+                        "cannot reach MQTT broker %s: %s; retrying every %.1f-%.0f s",
                         self._endpoint.redacted(),
                         error,
-                        delay,
+                        self._backoff_min,
+                        self._backoff_max,
                     )
+                    outage_logged = True
+                else:
+                    self._logger.debug("MQTT broker still unreachable: %s", error)
             finally:
                 self._mark_down()
             if self._stopping.is_set():

@@ -207,18 +207,20 @@ class LiveState:
     def _refresh_room(self, room_id: str, now: datetime) -> None:
         room = self._rooms[room_id]
         previous = room.state
-        derived = _derive_room(room.devices, self._site_state.fire_alarm)
-        if derived.occupied != previous.occupied:
-            derived = dataclasses.replace(derived, since=now)
-        else:
-            derived = dataclasses.replace(derived, since=previous.since)
+        derived = _derive_room(room.devices, self._site_state.fire_alarm, previous, now)
         if derived != previous:
             room.state = derived
             room.updated = now
             self._bus.publish(RoomStateChanged(room_id, now))
 
 
-def _derive_room(devices: Iterable[DeviceState], fire_alarm: bool | None) -> RoomState:
+def _derive_room(
+    devices: Iterable[DeviceState],
+    fire_alarm: bool | None,
+    previous: RoomState,
+    now: datetime,
+) -> RoomState:
+    """The room's state from its usable devices; ``since`` moves only when occupancy flips."""
     occupancy: list[OccupancyReading] = []
     climate: list[ClimateReading] = []
     locks: list[LockReading] = []
@@ -251,6 +253,7 @@ def _derive_room(devices: Iterable[DeviceState], fire_alarm: bool | None) -> Roo
     return RoomState(
         occupied=occupied,
         count=count,
+        since=previous.since if occupied == previous.occupied else now,
         locked=None if lock_state is None else lock_state is LockState.LOCKED,
         lock_state=lock_state,
         door=door,

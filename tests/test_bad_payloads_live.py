@@ -60,9 +60,7 @@ async def test_bad_payload_changes_nothing_and_is_counted(
     # A good reading first, so "unchanged" means something.
     probe.publish(f"{PREFIX}/{OCC}/state", b'{"occupied": true, "count": 7}')
     probe.publish(f"{PREFIX}/{CLIMATE}/state", b'{"temperature": 25.5, "humidity": 50}')
-    await wait_until(
-        lambda: controller.service.ingest.stats.readings >= 2, message="good readings"
-    )
+    await wait_until(lambda: controller.service.ingest.stats.readings >= 2, message="good readings")
     before = await rooms(controller)
 
     probe.publish(f"{PREFIX}/{device}/state", payload)

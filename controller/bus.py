@@ -44,7 +44,8 @@ class EventBus:
         with the traceback, later ones only counted until it succeeds again, so
         a bug on a hot path cannot bury the log.
         """
-        for handler in self._handlers.get(type(event), ()):
+        # A snapshot: a handler may unsubscribe itself (or others) while we deliver.
+        for handler in tuple(self._handlers.get(type(event), ())):
             try:
                 handler(event)
             except Exception:

@@ -20,7 +20,7 @@ from controller.clock import SystemClock
 from controller.logs import setup_logging
 from controller.service import ConfigurationError, ControllerService
 from controller.settings import Settings
-from controller.site import Site, SiteError, format_path, load_site
+from controller.site import Site, SiteError, load_site
 from controller.site_summary import summarize
 
 EXIT_INVALID = 1
@@ -70,8 +70,10 @@ def _load(site_path: Path) -> tuple[Settings, Site] | int:
         # Never echo the offending value: it may be a password or a token.
         print("invalid settings:", file=sys.stderr)
         for detail in error.errors(include_url=False, include_input=False):
-            name = "CENTER_" + format_path(detail["loc"]).upper()
-            print(f"  {name}: {detail['msg']}", file=sys.stderr)
+            # Only the setting's name: deeper path parts can be API tokens (dict keys).
+            name = "CENTER_" + str(detail["loc"][0]).upper() if detail["loc"] else "settings"
+            message = detail["msg"].removeprefix("Value error, ")
+            print(f"  {name}: {message}", file=sys.stderr)
         return EXIT_CONFIG
     try:
         site = load_site(site_path)

@@ -25,9 +25,13 @@ class AvailabilitySource(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ReadingReceived:
+    """A device's reading. ``retained`` readings were stored by the broker earlier:
+    they tell the last known value, not that the device is alive now."""
+
     device_id: str
     reading: Reading
     time: datetime
+    retained: bool = False
 
 
 @dataclass(frozen=True, slots=True)

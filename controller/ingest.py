@@ -115,7 +115,7 @@ class MqttIngest:
                 else:
                     reading = decode_state(device.kind, device.format, message.payload)
                     stats.readings += 1
-                    publish(ReadingReceived(device.id, reading, now))
+                    publish(ReadingReceived(device.id, reading, now, message.retain))
             except PayloadError as error:
                 stats.bad += 1
                 publish(BadPayload(device.id, error.reason, error.detail, message.topic, now))

@@ -85,12 +85,15 @@ class RoomStatePublisher:
         publish = self._publish
         if publish is None:
             return
+        failed: set[str] = set()
         while self._dirty:
             room_id = self._dirty.pop()
             try:
                 publish(self.topic(room_id), orjson.dumps(room_payload(room_id, self._state)))
             except Exception:
-                self._dirty.add(room_id)  # retried on the next change or reconnect
-                self._logger.exception("cannot publish the state of room %s", room_id)
-                return
-            self.published += 1
+                if not failed:  # one traceback per flush is enough to see the cause
+                    self._logger.exception("cannot publish the state of room %s", room_id)
+                failed.add(room_id)
+            else:
+                self.published += 1
+        self._dirty |= failed  # retried on the next change or reconnect

@@ -47,9 +47,11 @@ class MqttEndpoint(BaseModel):
             raise ValueError("needs a host, e.g. mqtt://127.0.0.1:1883")
         tls = parts.scheme == "mqtts"
         try:
-            port = parts.port or (8883 if tls else 1883)
+            port = parts.port if parts.port is not None else (8883 if tls else 1883)
         except ValueError:
-            raise ValueError("port must be a number from 1 to 65535") from None
+            port = -1
+        if not 1 <= port <= 65535:
+            raise ValueError("port must be a number from 1 to 65535")
         password = SecretStr(unquote(parts.password)) if parts.password is not None else None
         return cls(
             host=parts.hostname,
@@ -72,6 +74,7 @@ class Settings(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
+        hide_input_in_errors=True,  # errors must never carry a password or token
     )
 
     mqtt_url: SecretStr | None = None

@@ -43,7 +43,7 @@ class SilenceWatch:
             interval = device_state.device.interval
             if interval is None or device_state.online is False:
                 continue
-            heard = device_state.last_seen or self._started
+            heard = device_state.last_heard or self._started
             if now - heard >= interval * self._missed:
                 self._logger.warning(
                     "%s silent since %s: marking offline",

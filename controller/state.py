@@ -44,18 +44,27 @@ _LOCK_SEVERITY = {LockState.LOCKED: 0, LockState.UNLOCKED: 1, LockState.JAMMED: 
 
 @dataclass(slots=True)
 class DeviceState:
-    """One device as the controller knows it. ``online`` is None until it is first heard of."""
+    """One device as the controller knows it. ``online`` is None until it is first heard of.
+
+    ``last_seen`` is the last live reading; ``last_heard`` also counts an
+    ``online`` announcement, so a device that just came back gets a full
+    reporting interval before silence counts against it. A reading from before
+    the device went offline is ``stale``: it stays visible but no longer
+    describes the room until a fresh one arrives.
+    """
 
     device: Device
     online: bool | None = None
     availability_source: AvailabilitySource | None = None
     last_seen: datetime | None = None
+    last_heard: datetime | None = None
     reading: Reading | None = None
+    stale: bool = False
 
     @property
     def usable(self) -> bool:
         """Whether this device's last reading still describes the room."""
-        return self.reading is not None and self.online is not False
+        return self.reading is not None and self.online is not False and not self.stale
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +76,7 @@ class DeviceState:
             "availability_source": self.availability_source,
             "last_seen": _iso(self.last_seen),
             "reading": _reading_json(self.reading),
+            "reading_stale": self.stale,
         }
 
 
@@ -178,17 +188,29 @@ class LiveState:
         if state is None:
             return
         state.reading = event.reading
-        state.last_seen = event.time
-        if state.online is not True:
-            state.online = True
-            state.availability_source = AvailabilitySource.READING
-            self._bus.publish(DeviceStateChanged(event.device_id, event.time))
+        if event.retained:
+            # Kept by the broker from some time ago: the last known value, but no
+            # sign of life, and no truth about a device known to be offline.
+            state.stale = state.online is False
+        else:
+            state.stale = False
+            state.last_seen = state.last_heard = event.time
+            if state.online is not True:
+                state.online = True
+                state.availability_source = AvailabilitySource.READING
+                self._bus.publish(DeviceStateChanged(event.device_id, event.time))
         self._refresh(state.device, event.time)
 
     def on_availability(self, event: AvailabilityChanged) -> None:
         state = self._devices.get(event.device_id)
-        if state is None or state.online is event.online:
+        if state is None:
             return
+        if event.online:
+            state.last_heard = event.time
+        if state.online is event.online:
+            return
+        if not event.online:
+            state.stale = state.reading is not None
         state.online = event.online
         state.availability_source = event.source
         self._bus.publish(DeviceStateChanged(event.device_id, event.time))

@@ -153,7 +153,7 @@ class Probe:
 
     def received(self, topic: str) -> list[bytes]:
         with self._lock:
-            return [message.payload for message in self.messages if message.topic == topic]
+            return [bytes(message.payload) for message in self.messages if message.topic == topic]
 
     async def next_payload(
         self, topic: str, predicate: Callable[[bytes], bool] = lambda _: True, timeout: float = 5.0

@@ -120,4 +120,7 @@ async def _json_errors(
             405: "method_not_allowed",
             413: "too_large",
         }.get(error.status, "http_error")
-        return error_response(error.status, code, error.reason)
+        response = error_response(error.status, code, error.reason)
+        if "Allow" in error.headers:
+            response.headers["Allow"] = error.headers["Allow"]
+        return response

@@ -46,9 +46,10 @@ class TokenAuth:
 
     def scopes_for(self, header: str | None) -> frozenset[Scope] | None:
         """The scopes of the presented token, or None when it is missing or unknown."""
-        if not header or not header.startswith("Bearer "):
+        scheme, _, credentials = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
             return None
-        presented = header[len("Bearer ") :].strip().encode()
+        presented = credentials.strip().encode()
         granted: frozenset[Scope] | None = None
         for token, scopes in self._tokens:  # compare with every token: no timing hint
             if hmac.compare_digest(presented, token):

@@ -187,6 +187,14 @@ class LiveState:
         state = self._devices.get(event.device_id)
         if state is None:
             return
+        if (
+            not event.retained
+            and state.online is True
+            and not state.stale
+            and state.reading == event.reading
+        ):
+            state.last_seen = state.last_heard = event.time  # a sensor repeating itself
+            return
         state.reading = event.reading
         if event.retained:
             # Kept by the broker from some time ago: the last known value, but no
@@ -242,46 +250,50 @@ def _derive_room(
     previous: RoomState,
     now: datetime,
 ) -> RoomState:
-    """The room's state from its usable devices; ``since`` moves only when occupancy flips."""
-    occupancy: list[OccupancyReading] = []
-    climate: list[ClimateReading] = []
-    locks: list[LockReading] = []
+    """The room's state from its usable devices; ``since`` moves only when occupancy flips.
+
+    One pass with plain accumulators: this runs for every reading on the
+    ingest path, so it avoids intermediate lists and generators.
+    """
+    occupancy_seen = occupied_any = False
+    count: int | None = None
+    temperature_sum = humidity_sum = 0.0
+    temperatures = humidities = 0
+    lock_state: LockState | None = None
+    door: DoorState | None = None
     for state in devices:
         if not state.usable:
             continue
         reading = state.reading
         if isinstance(reading, OccupancyReading):
-            occupancy.append(reading)
+            occupancy_seen = True
+            occupied_any = occupied_any or reading.occupied
+            if reading.count is not None:
+                count = reading.count if count is None else count + reading.count
         elif isinstance(reading, ClimateReading):
-            climate.append(reading)
+            if reading.temperature is not None:
+                temperature_sum += reading.temperature
+                temperatures += 1
+            if reading.humidity is not None:
+                humidity_sum += reading.humidity
+                humidities += 1
         elif isinstance(reading, LockReading):
-            locks.append(reading)
+            if lock_state is None or _LOCK_SEVERITY[reading.state] > _LOCK_SEVERITY[lock_state]:
+                lock_state = reading.state
+            if reading.door is DoorState.OPEN or (door is None and reading.door is not None):
+                door = reading.door
 
-    occupied: bool | None = None
-    count: int | None = None
-    if occupancy:
-        counts = [reading.count for reading in occupancy if reading.count is not None]
-        count = sum(counts) if counts else None
-        occupied = any(reading.occupied for reading in occupancy) or bool(count)
-
-    lock_state: LockState | None = None
-    door: DoorState | None = None
-    if locks:
-        lock_state = max((reading.state for reading in locks), key=_LOCK_SEVERITY.__getitem__)
-        doors = [reading.door for reading in locks if reading.door is not None]
-        if doors:
-            door = DoorState.OPEN if DoorState.OPEN in doors else DoorState.CLOSED
-
+    occupied = (occupied_any or bool(count)) if occupancy_seen else None
     return RoomState(
-        occupied=occupied,
-        count=count,
-        since=previous.since if occupied == previous.occupied else now,
-        locked=None if lock_state is None else lock_state is LockState.LOCKED,
-        lock_state=lock_state,
-        door=door,
-        temperature=_mean(reading.temperature for reading in climate),
-        humidity=_mean(reading.humidity for reading in climate),
-        fire_alarm=fire_alarm,
+        occupied,
+        count,
+        previous.since if occupied == previous.occupied else now,
+        None if lock_state is None else lock_state is LockState.LOCKED,
+        lock_state,
+        door,
+        round(temperature_sum / temperatures, 2) if temperatures else None,
+        round(humidity_sum / humidities, 2) if humidities else None,
+        fire_alarm,
     )
 
 

@@ -35,6 +35,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from drivers.paho_loop import LoopClient
+
 # paho's callbacks are typed with its private socket alias (which includes a
 # websocket wrapper never used here); ours take Any and store a plain socket
 # (ssl.SSLSocket is one too).
@@ -106,7 +108,7 @@ class MqttClient:
         self._logger = logger or logging.getLogger("drivers.mqtt")
         self._lock = asyncio.Lock()
 
-        client = paho.Client(
+        client = LoopClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv311,
@@ -475,8 +477,11 @@ class MqttClient:
                 self._reading_paused = True
                 self._loop.remove_reader(sock)
                 return
-        # TLS may hold decrypted bytes the selector cannot see: read them now.
-        if isinstance(sock, ssl.SSLSocket) and sock.pending() and self._loop is not None:
+        # Bytes already read into paho's buffer, or decrypted by TLS, are invisible
+        # to the selector: come back for them on the next loop iteration.
+        if self._loop is not None and (
+            self._client.has_buffered_input or (isinstance(sock, ssl.SSLSocket) and sock.pending())
+        ):
             self._loop.call_soon(self._read)
 
     def _resume_reading(self) -> None:

@@ -210,3 +210,26 @@ async def wait_until_async(check: object, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {check.__name__}")
         await asyncio.sleep(0.01)
+
+
+async def test_a_burst_is_ingested_completely_and_in_order(
+    controller: RunningController, probe: Probe
+) -> None:
+    """Thousands of back-to-back messages share socket reads and split across them."""
+    burst = 5000
+    for count in range(1, burst + 1):
+        # Payload sizes vary so packet boundaries fall everywhere in a read.
+        padding = "x" * (count % 300)
+        probe.client.publish(
+            f"{PREFIX}/occ-corridor/state",
+            f'{{"occupied": true, "count": {count % 40}, "note": "{padding}"}}',
+            qos=0,
+        )
+    probe.publish(f"{PREFIX}/occ-corridor/state", b'{"occupied": true, "count": 39}')
+    await wait_until(
+        lambda: controller.service.ingest.stats.readings == burst + 1,
+        timeout=15,
+        message=f"{burst + 1} readings",
+    )
+    assert controller.service.ingest.stats.bad == 0
+    assert (await room_state(controller, "corridor"))["count"] == 39

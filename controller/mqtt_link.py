@@ -22,7 +22,7 @@ import orjson
 
 from controller.clock import Clock
 from controller.ingest import MqttIngest
-from controller.room_publisher import RoomStatePublisher
+from controller.room_publisher import Delivery, RoomStatePublisher
 from controller.settings import MqttEndpoint
 from drivers.mqtt import MqttClient, MqttError, Will
 
@@ -151,8 +151,8 @@ class MqttLink:
                 self._client_id,
             )
 
-            def publish_retained(topic: str, payload: bytes) -> None:
-                client.publish_nowait(topic, payload, qos=1, retain=True)
+            def publish_retained(topic: str, payload: bytes) -> Delivery:
+                return client.publish_nowait(topic, payload, qos=1, retain=True)
 
             self._rooms.attach(publish_retained)
             consume = asyncio.create_task(self._consume(client), name="mqtt-ingest")

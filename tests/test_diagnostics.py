@@ -19,6 +19,7 @@ from controller.room_publisher import RoomStatePublisher
 from controller.site import Site
 from controller.state import LiveState
 from drivers.payloads import BadPayloadReason
+from tests.conftest import wait_until
 
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 PREFIX = "center/changbai"
@@ -352,7 +353,10 @@ def rooms(site: Site) -> Rooms:
     bus = EventBus()
     state = LiveState(site, bus)
     state.start()
-    publisher = RoomStatePublisher(state, bus, PREFIX, [room.id for room in site.rooms])
+    # No pacing here: these tests are about what is published, not when.
+    publisher = RoomStatePublisher(
+        state, bus, PREFIX, [room.id for room in site.rooms], min_interval=0
+    )
     publisher.start()
     return Rooms(site, bus, state, publisher)
 
@@ -489,3 +493,57 @@ async def test_a_stopped_publisher_ignores_changes(rooms: Rooms) -> None:
     await _next_iteration()
 
     assert sink.messages == []
+
+
+@dataclass
+class Acknowledgement:
+    acknowledged: bool = False
+
+    def is_published(self) -> bool:
+        return self.acknowledged
+
+
+async def test_a_busy_room_is_published_at_most_once_per_interval_with_its_latest_state(
+    site: Site,
+) -> None:
+    bus = EventBus()
+    state = LiveState(site, bus)
+    state.start()
+    publisher = RoomStatePublisher(state, bus, PREFIX, ["gym"], min_interval=0.2, burst=2)
+    publisher.start()
+    sent: list[dict[str, Any]] = []
+    publisher.attach(lambda topic, payload: sent.append(orjson.loads(payload)))
+    assert len(sent) == 1  # the whole set on attach
+
+    for count in range(1, 30):
+        bus.publish(ReadingReceived("occ-gym", OccupancyReading(True, count), T0))
+        await _next_iteration()
+    assert [message["count"] for message in sent] == [None, 1], "the burst allowance is spent"
+
+    await wait_until(lambda: len(sent) == 3, timeout=2, message="the trailing publish")
+    assert sent[-1]["count"] == 29  # the latest state, not the first held change
+    publisher.stop()
+
+
+async def test_a_room_waits_for_the_broker_to_acknowledge_its_previous_state(site: Site) -> None:
+    bus = EventBus()
+    state = LiveState(site, bus)
+    state.start()
+    publisher = RoomStatePublisher(state, bus, PREFIX, ["gym"], min_interval=0)
+    publisher.start()
+    sent: list[dict[str, Any]] = []
+    pending = Acknowledgement()
+
+    def publish(topic: str, payload: bytes) -> Acknowledgement:
+        sent.append(orjson.loads(payload))
+        return pending
+
+    publisher.attach(publish)
+    bus.publish(ReadingReceived("occ-gym", OccupancyReading(True, 5), T0))
+    await _next_iteration()
+    assert len(sent) == 1, "the first state is not acknowledged yet"
+
+    pending.acknowledged = True
+    await wait_until(lambda: len(sent) == 2, timeout=2, message="the held state")
+    assert sent[-1]["count"] == 5
+    publisher.stop()

@@ -64,16 +64,20 @@ async def test_occupancy_reading_updates_room_over_http_and_retained_topic(
     assert state["occupied"] is True
     assert state["since"] is not None
 
+    probe.subscribe(room_topic("hui-xin-room"))
+    await probe.next_payload(
+        room_topic("hui-xin-room"), lambda body: json.loads(body)["count"] == 3
+    )
+
     # A client that connects afterwards gets the room's state from the retained topic.
     late = Probe(broker.port)
     late.connect()
     try:
         late.subscribe(room_topic("hui-xin-room"))
-        payload = await late.next_payload(
-            room_topic("hui-xin-room"), lambda body: json.loads(body)["count"] == 3
-        )
+        payload = await late.next_payload(room_topic("hui-xin-room"))
+        assert json.loads(payload)["count"] == 3
         assert json.loads(payload)["occupied"] is True
-        assert late.messages[-1].retain
+        assert late.messages[0].retain
     finally:
         late.close()
 

@@ -1,4 +1,4 @@
-"""MQTT payload bytes -> readings (CONTRACT §2): pure functions, no I/O.
+"""MQTT payload bytes -> readings (see docs/interfaces.md): pure functions, no I/O.
 
 This is the hot path of the MQTT ingest, so the good path is one ``orjson.loads``,
 a few dict lookups and exact ``type(...) is`` checks, and no exception; anything

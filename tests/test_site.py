@@ -32,7 +32,7 @@ from controller.site_summary import display_width, summarize
 
 CHANGBAI = Path(__file__).resolve().parent.parent / "sites" / "changbai.toml"
 
-# --- The shipped example: CONTRACT.md section 1 --------------------------------
+# --- The shipped example: the Changbai center of docs/interfaces.md ---------
 
 # room id: (capacity, bookable, always_open), in the contract's order
 CHANGBAI_ROOMS: dict[str, tuple[int | None, bool, bool]] = {

@@ -1,4 +1,4 @@
-"""Table-driven tests of MQTT payload decoding (CONTRACT §2)."""
+"""Table-driven tests of MQTT payload decoding."""
 
 from __future__ import annotations
 

@@ -4,26 +4,42 @@ Run by hand, not by pytest::
 
     python bench/ingest.py                       # 1000 devices, 10,000 msg/s for 10 s
     python bench/ingest.py --rate 40000 --json   # machine-readable report
-    python bench/ingest.py --profile /tmp/ingest.txt   # also py-spy the target-rate phase
+    python bench/ingest.py --rate 40000 --profile /tmp/ingest.txt   # py-spy the target phase
+    python bench/pyspy_top.py /tmp/ingest.txt    # ... and read where the time went
 
-What it does, with nothing shared with the controller but MQTT and HTTP:
+What it does, sharing nothing with the controller but MQTT and HTTP:
 
 1. starts its own Mosquitto on a free loopback port, configured so that the broker
-   itself never drops a message (``max_queued_messages 0``: QoS 0 messages to a slow
-   subscriber are queued, not dropped; see mosquitto.conf(5));
+   itself never drops a message: ``max_queued_messages 0`` (no limit). For QoS 0
+   messages to a subscriber that reads slower than they arrive, mosquitto's only
+   choices are "send" and "drop", and with no limit it always sends, queueing the
+   backlog in memory. So a loss can only come from the controller itself;
 2. writes a site file with N devices (one mmWave occupancy sensor with a count and
-   one climate sensor per room) and starts ``python -m controller run`` on it as a
-   subprocess;
+   one climate sensor per room, 2 devices a room) and starts
+   ``python -m controller run`` on it as a subprocess;
 3. throughput: a publisher process speaking raw MQTT 3.1.1 (pre-encoded QoS 0
-   PUBLISH packets, written in large ``sendall`` chunks) sends at the target rate;
-   the controller's ``/api/health`` counters are polled every 50 ms until every
-   message is counted or the counter stops moving. Then the same in "max" mode: a
-   fixed number of messages as fast as the publisher can write them;
-4. latency: at a low rate, each occupancy message gives its room a new count, and a
-   subscriber on ``center/<site>/room/+/state`` times publish -> room state.
+   PUBLISH packets, written in ``sendall`` chunks every 2 ms) sends at the target
+   rate, every message changing its device's value; the controller's
+   ``/api/health`` counters are polled every 50 ms until every message is counted
+   or the counter stops moving. Sustained rate = messages processed / (first publish
+   -> the poll that saw the last one). Then "max" mode: a fixed number of messages
+   written as fast as the broker takes them, so the controller works through a
+   backlog at its own ceiling;
+4. after each throughput phase, a marker message tells when every room state the
+   controller published has come out of the broker (the room-state output lag);
+5. latency: at a low rate, each occupancy message gives its room a new count, and a
+   subscriber on ``center/<site>/room/+/state`` times publish -> room state. This
+   includes the controller's own publish back through the broker, and with stock
+   Mosquitto (``set_tcp_nodelay false``) Nagle's algorithm on the broker's sockets;
+   ``--broker-nodelay`` shows the latency without it.
 
-Nothing waits by sleeping: every wait polls a condition against a deadline. All
-processes started here are stopped on exit, Ctrl-C and errors included.
+Exit status: 0 when the target-rate phase lost nothing, had no bad payloads and got
+every room state out; 1 when it did not; 2 when the benchmark could not run; 130 on
+Ctrl-C.
+
+No wait sleeps for things to settle: every wait polls a condition against a deadline
+(the publisher's pacing and the 50 ms poll period are the only sleeps). Everything
+started here is stopped on exit, Ctrl-C, SIGTERM and errors included.
 """
 
 from __future__ import annotations
@@ -455,7 +471,9 @@ def publisher_main(spec: PublishSpec, conn: Connection) -> None:
     result = PublishResult()
     try:
         with socket.create_connection(("127.0.0.1", spec.port), timeout=30) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+            # No Nagle: a lone message (latency phase) must leave at once, not wait
+            # for the broker's delayed ACK of the previous one.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.sendall(connect_packet(f"bench-publisher-{os.getpid()}"))
             connack = _recv_exactly(sock, 4)
             if connack[0] != 0x20 or connack[3] != 0:
@@ -551,24 +569,31 @@ def publisher(spec: PublishSpec) -> Iterator[Connection]:
 
 @dataclass
 class ProcessWatch:
-    """CPU time and memory of one process over a measurement window."""
+    """CPU time and peak memory of one process, sampled at every health poll."""
 
     process: psutil.Process
     cpu_start: float = 0.0
+    cpu_marked: float = 0.0  # CPU time at the last mark (when the counter last moved)
     peak_rss: int = 0
 
-    def begin(self) -> None:
+    def _cpu(self) -> float:
         times = self.process.cpu_times()
-        self.cpu_start = times.user + times.system
-        self.sample()
+        return float(times.user + times.system)
 
-    def sample(self) -> None:
+    def begin(self) -> None:
+        self.cpu_start = self.cpu_marked = self._cpu()
+        self.sample(mark=False)
+
+    def sample(self, *, mark: bool) -> None:
+        """Track peak RSS; with ``mark``, note the CPU time used so far."""
         with contextlib.suppress(psutil.Error):
             self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
+            if mark:
+                self.cpu_marked = self._cpu()
 
     def cpu_seconds(self) -> float:
-        times = self.process.cpu_times()
-        return times.user + times.system - self.cpu_start
+        """CPU time from begin() to the last mark."""
+        return self.cpu_marked - self.cpu_start
 
 
 @dataclass
@@ -581,26 +606,44 @@ class ThroughputResult:
     bad_payloads: int
     handler_errors: int
     room_states_published: int
-    publish_seconds: float  # first to last sendall
+    publish_seconds: float  # first sendall to the broker having read the last byte
     publish_rate: float
-    backlog_at_publish_end: int  # sent but not yet counted when the publisher finished
+    backlog_at_publish_end: int  # sent but not yet counted at the last sendall (50 ms polls)
     drain_seconds: float  # from the last sendall to the last message processed
     processing_seconds: float  # first publish to last message processed
     sustained_rate: float
-    kept_up: bool  # sustained >= 95 % of the target and drained within a second
-    controller_cpu_percent: float  # of one core, over the processing window
+    kept_up: bool | None  # sustained >= 95 % of the target, drained within 1 s (None: max)
+    controller_cpu_percent: float  # of one core, from "go" to the last message processed
     broker_cpu_percent: float
     controller_peak_rss_mb: float
+    # Last message ingested -> every room state it caused delivered; None: not within
+    # --marker-timeout (the controller's room-state output fell behind or lost some).
+    room_state_lag_seconds: float | None
+    # /api/health round trips while the phase ran: how long the event loop made HTTP wait.
+    health_p50_ms: float
+    health_max_ms: float
 
 
 @dataclass
 class Measurement:
     """What the health poller saw while one phase ran."""
 
+    started: float = 0.0  # when the publisher was told to go
     received: int = 0
     done_at: float = 0.0  # when the counter was last seen moving (or reached the total)
     backlog_at_publish_end: int = 0
     publish: PublishResult = field(default_factory=PublishResult)
+    samples: list[tuple[float, int]] = field(default_factory=list)  # (time, received)
+    health_seconds: list[float] = field(default_factory=list)  # each /api/health round trip
+
+    def received_by(self, moment: float) -> int:
+        """Messages counted at the last poll at or before ``moment``."""
+        counted = 0
+        for at, received in self.samples:
+            if at > moment:
+                break
+            counted = received
+        return counted
 
 
 def ingest_counters(health: dict[str, Any]) -> tuple[int, int, int, int]:
@@ -634,7 +677,7 @@ def measure(
         if on_go is not None:
             on_go()
         pipe.send("go")
-        last_change = measurement.done_at = time.monotonic()
+        last_change = measurement.started = measurement.done_at = time.monotonic()
         deadline = last_change + deadline_seconds
         published: PublishResult | None = None
         counters = before
@@ -642,10 +685,13 @@ def measure(
             tick = time.monotonic()
             counters = ingest_counters(controller.health())
             now = time.monotonic()
-            for watch in watches:
-                watch.sample()
+            measurement.health_seconds.append(now - tick)
             received = counters[0] - before[0]
-            if received != measurement.received:
+            moved = received != measurement.received
+            for watch in watches:
+                watch.sample(mark=moved)
+            measurement.samples.append((now, received))
+            if moved:
                 measurement.received = received
                 measurement.done_at = now
                 last_change = now
@@ -655,7 +701,6 @@ def measure(
                 if published.error:
                     raise BenchError(f"publisher failed: {published.error}")
                 measurement.publish = published
-                measurement.backlog_at_publish_end = published.sent - received
             if published is not None and (
                 received >= published.sent or now - last_change > idle_timeout
             ):
@@ -665,6 +710,10 @@ def measure(
             pause = tick + POLL_INTERVAL - time.monotonic()
             if pause > 0:
                 time.sleep(pause)  # the poll period, not a wait for a condition
+    assert published is not None
+    measurement.backlog_at_publish_end = published.sent - measurement.received_by(
+        published.last_send
+    )
     return measurement, before, counters
 
 
@@ -677,6 +726,8 @@ def run_throughput(
     rate: float | None,
     total: int,
     idle_timeout: float,
+    marker: RoomStateMarker,
+    marker_timeout: float,
     profile: Path | None = None,
 ) -> ThroughputResult:
     """One throughput phase (paced at ``rate``, or flat out when ``rate`` is None)."""
@@ -713,10 +764,12 @@ def run_throughput(
     finally:
         if profiler is not None:
             stop_py_spy(profiler)
+    room_states_out = marker.sync(marker_timeout)
     published = measurement.publish
     received = measurement.received
     processing = max(measurement.done_at - published.first_send, 1e-9)
-    publish_seconds = max(published.last_send - published.first_send, 1e-9)
+    window = max(measurement.done_at - measurement.started, 1e-9)
+    publish_seconds = max(published.drained - published.first_send, 1e-9)
     drain = max(measurement.done_at - published.last_send, 0.0)
     sustained = received / processing
     return ThroughputResult(
@@ -734,10 +787,15 @@ def run_throughput(
         drain_seconds=drain,
         processing_seconds=processing,
         sustained_rate=sustained,
-        kept_up=rate is not None and sustained >= 0.95 * rate and drain < 1.0,
-        controller_cpu_percent=100 * controller_cpu / processing,
-        broker_cpu_percent=100 * broker_cpu / processing,
+        kept_up=None if rate is None else sustained >= 0.95 * rate and drain < 1.0,
+        controller_cpu_percent=100 * controller_cpu / window,
+        broker_cpu_percent=100 * broker_cpu / window,
         controller_peak_rss_mb=controller_watch.peak_rss / 2**20,
+        room_state_lag_seconds=(
+            None if room_states_out is None else max(room_states_out - measurement.done_at, 0.0)
+        ),
+        health_p50_ms=1000 * percentile(sorted(measurement.health_seconds), 0.5),
+        health_max_ms=1000 * max(measurement.health_seconds),
     )
 
 
@@ -778,9 +836,10 @@ def stop_py_spy(process: subprocess.Popen[bytes]) -> None:
 
 @dataclass
 class RoomStateListener:
-    """A paho client (its own network thread) timing every live room-state message."""
+    """A paho client (its own network thread) timing every live room-state message on ``topic``."""
 
     port: int
+    topic: str
     received: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     messages: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -790,12 +849,12 @@ class RoomStateListener:
     def start(self) -> None:
         client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"bench-listener-{os.getpid()}",
+            client_id=f"bench-listener-{os.getpid()}-{id(self)}",
         )
         client.on_message = self._on_message
         client.on_subscribe = lambda *_: self._subscribed.set()
         client.connect("127.0.0.1", self.port)
-        client.subscribe(f"{PREFIX}/room/+/state", qos=0)
+        client.subscribe(self.topic, qos=0)
         client.loop_start()
         self._client = client
         wait_for(self._subscribed.is_set, timeout=10, what="the room-state subscription")
@@ -816,6 +875,14 @@ class RoomStateListener:
     def count(self) -> int:
         with self._lock:
             return self.messages
+
+    def arrivals(self, key: tuple[str, int]) -> list[float]:
+        with self._lock:
+            return list(self.received.get(key, ()))
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        assert self._client is not None
+        self._client.publish(topic, payload, qos=0)
 
     def snapshot(self) -> dict[tuple[str, int], list[float]]:
         with self._lock:
@@ -865,10 +932,68 @@ def match_latencies(
     return latencies
 
 
+@dataclass
+class RoomStateMarker:
+    """Tells when the controller's room-state output has caught up with its input.
+
+    The marker empties the first room ({"occupied": false, "count": 0}), which
+    changes its state whenever a throughput phase has filled it since the last
+    marker, and waits for that state to come out of the broker. Room states leave
+    through one connection, in order, so the rooms that were due before the marker
+    have been delivered by then; a room held back by the controller's per-room
+    pacing (a few states a second) may still follow within that pacing interval.
+    """
+
+    listener: RoomStateListener
+    room: str
+    device: str
+
+    def sync(self, timeout: float) -> float | None:
+        """Send the marker; return the time.monotonic() its room state arrived (None: never)."""
+        key = (self.room, 0)
+        sent_at = time.monotonic()
+        self.listener.publish(state_topic(self.device), b'{"occupied":false,"count":0}')
+
+        def arrived() -> float | None:
+            later = [stamp for stamp in self.listener.arrivals(key) if stamp >= sent_at]
+            return later[0] if later else None
+
+        try:
+            arrival: float = wait_for(arrived, timeout=timeout, what="the room-state marker")
+        except BenchError:
+            return None
+        return arrival
+
+
+def wait_room_output_quiet(controller: Controller, *, quiet: float = 0.5) -> None:
+    """Poll until the controller has published no room state for ``quiet`` seconds.
+
+    Rooms the pacing held back after a throughput phase go out within its interval;
+    the latency phase must not start behind them.
+    """
+    last = ingest_counters(controller.health())[2]
+    since = time.monotonic()
+
+    def settled() -> bool:
+        nonlocal last, since
+        published = ingest_counters(controller.health())[2]
+        if published != last:
+            last, since = published, time.monotonic()
+        return time.monotonic() - since >= quiet
+
+    wait_for(settled, timeout=30, what="the room-state output to go quiet", interval=0.05)
+
+
 def run_latency(
     controller: Controller, broker: Broker, layout: Layout, *, rate: float, seconds: float
 ) -> LatencyResult:
-    """Occupancy messages at ``rate``, each giving its room a new count; time each change."""
+    """Occupancy messages at ``rate``, each giving its room a new count; time each change.
+
+    Rooms are visited round-robin, so each room gets ``rate / rooms`` messages a
+    second; keep that under the controller's per-room pacing (4 a second), or states
+    are coalesced and fewer messages are matched.
+    """
+    wait_room_output_quiet(controller)
     total = max(1, round(rate * seconds))
     plan = latency_plan(layout, total)
     spec = PublishSpec(
@@ -879,7 +1004,7 @@ def run_latency(
         slice_seconds=0.0,  # one message per wake-up, so each send time is exact
         record_times=True,
     )
-    listener = RoomStateListener(broker.port)
+    listener = RoomStateListener(broker.port, f"{PREFIX}/room/+/state")
     listener.start()
     try:
         measurement, _, _ = measure(
@@ -928,6 +1053,7 @@ class Report:
     latency: LatencyResult | None
     controller_peak_rss_mb: float
     controller_vm_hwm_mb: float | None
+    broker_tcp_nodelay: bool
     profile: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -936,6 +1062,12 @@ class Report:
 
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _delivery(result: ThroughputResult) -> str:
+    if result.room_state_lag_seconds is None:
+        return "output STUCK: the marker's room state never came (see --marker-timeout)"
+    return f"output caught up {result.room_state_lag_seconds:.2f} s after the last message in"
 
 
 def _throughput_lines(result: ThroughputResult) -> list[str]:
@@ -952,7 +1084,7 @@ def _throughput_lines(result: ThroughputResult) -> list[str]:
         f"  lost               {result.lost:,}",
         f"  bad payloads       {result.bad_payloads:,}"
         + (f"   handler errors {result.handler_errors:,}" if result.handler_errors else ""),
-        f"  room states out    {result.room_states_published:,}",
+        f"  room states out    {result.room_states_published:,}; " + _delivery(result),
         f"  sustained          {result.sustained_rate:,.0f} msg/s "
         f"(first publish -> last processed, {result.processing_seconds:.2f} s)",
         f"  backlog at end     {result.backlog_at_publish_end:,} messages, drained in "
@@ -960,6 +1092,8 @@ def _throughput_lines(result: ThroughputResult) -> list[str]:
         f"  controller CPU     {result.controller_cpu_percent:.0f} % of one core "
         f"(broker {result.broker_cpu_percent:.0f} %)",
         f"  controller RSS     {result.controller_peak_rss_mb:.1f} MB peak (polled)",
+        f"  /api/health        p50 {result.health_p50_ms:.1f} ms, "
+        f"max {result.health_max_ms:.0f} ms (HTTP waiting for the busy event loop)",
     ]
     if result.target_rate:
         lines.append(f"  kept up            {'yes' if result.kept_up else 'NO'}")
@@ -969,7 +1103,8 @@ def _throughput_lines(result: ThroughputResult) -> list[str]:
 def format_report(report: Report) -> str:
     lines = [
         f"Controller MQTT ingest: {report.devices:,} devices in {report.rooms:,} rooms, "
-        f"{report.cpus or '?'} CPUs",
+        f"{report.cpus or '?'} CPUs, "
+        f"broker set_tcp_nodelay {'true' if report.broker_tcp_nodelay else 'false'}",
         "",
         *_throughput_lines(report.target),
     ]
@@ -1001,7 +1136,8 @@ def format_report(report: Report) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Benchmark the controller's MQTT ingest (throughput, loss, latency)."
+        description="Benchmark the controller's MQTT ingest (throughput, loss, latency).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--devices", type=int, default=1000, help="devices in the site")
     parser.add_argument("--rate", type=float, default=10_000, help="target msg/s")
@@ -1023,7 +1159,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="after publishing, give up when the counter has not moved for this long",
     )
     parser.add_argument(
-        "--broker-nodelay", action="store_true", help="set_tcp_nodelay true in the broker"
+        "--marker-timeout",
+        type=float,
+        default=60.0,
+        help="after a throughput phase, how long the controller's room-state output may "
+        "take to deliver everything before it counts as stuck",
+    )
+    parser.add_argument(
+        "--broker-nodelay",
+        action="store_true",
+        help="set_tcp_nodelay true in the broker (stock mosquitto leaves Nagle on, which "
+        "adds up to ~40 ms of delayed-ACK wait per hop to lone messages)",
     )
     parser.add_argument(
         "--profile",
@@ -1056,6 +1202,10 @@ def run(args: argparse.Namespace) -> Report:
         controller.start()
         controller.wait_connected()
         progress(f"broker on :{broker.port}, controller pid {controller.pid} ready")
+        first_room = RoomStateListener(broker.port, f"{PREFIX}/room/{layout.rooms[0]}/state")
+        stack.callback(first_room.stop)
+        first_room.start()
+        marker = RoomStateMarker(first_room, layout.rooms[0], layout.occupancy[0])
 
         stream = throughput_stream(layout)
         total = round(args.rate * args.seconds)
@@ -1068,6 +1218,8 @@ def run(args: argparse.Namespace) -> Report:
             rate=args.rate,
             total=total,
             idle_timeout=args.idle_timeout,
+            marker=marker,
+            marker_timeout=args.marker_timeout,
             profile=args.profile,
         )
         maximum = None
@@ -1081,6 +1233,8 @@ def run(args: argparse.Namespace) -> Report:
                 rate=None,
                 total=args.max_messages,
                 idle_timeout=args.idle_timeout,
+                marker=marker,
+                marker_timeout=args.marker_timeout,
             )
         latency = None
         if args.latency_seconds > 0:
@@ -1089,6 +1243,9 @@ def run(args: argparse.Namespace) -> Report:
                 controller, broker, layout, rate=args.latency_rate, seconds=args.latency_seconds
             )
         hwm = peak_rss_bytes(controller.pid)
+        complaints = controller.log_tail(40)
+        if complaints.strip():
+            progress(f"the controller logged (level WARNING and up):\n{complaints}")
         peaks = [target.controller_peak_rss_mb] + (
             [maximum.controller_peak_rss_mb] if maximum else []
         )
@@ -1101,6 +1258,7 @@ def run(args: argparse.Namespace) -> Report:
             latency=latency,
             controller_peak_rss_mb=max(peaks),
             controller_vm_hwm_mb=hwm / 2**20 if hwm is not None else None,
+            broker_tcp_nodelay=args.broker_nodelay,
             profile=str(args.profile) if args.profile else None,
         )
 
@@ -1124,7 +1282,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report.to_json(), indent=2))
     else:
         print(format_report(report))
-    failed = report.target.lost != 0 or report.target.bad_payloads != 0
+    target = report.target
+    failed = target.lost or target.bad_payloads or target.room_state_lag_seconds is None
     return 1 if failed else 0
 
 

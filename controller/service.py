@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -197,6 +198,7 @@ def _bound_port(runner: web.AppRunner) -> int | None:
     return None
 
 
+@functools.cache
 def _version() -> str:
     try:
         return version("center-controller")

@@ -97,7 +97,8 @@ class MqttClient:
         keepalive: int = 30,
         will: Will | None = None,
         timeout: float = 10.0,
-        max_queued_incoming: int = 100_000,
+        max_queued_incoming: int = 10_000,
+        max_batch: int = 500,
         logger: logging.Logger | None = None,
     ) -> None:
         self._host = host
@@ -105,6 +106,7 @@ class MqttClient:
         self._keepalive = keepalive
         self._timeout = timeout
         self._max_queued = max_queued_incoming
+        self._max_batch = max_batch
         self._logger = logger or logging.getLogger("drivers.mqtt")
         self._lock = asyncio.Lock()
 
@@ -284,17 +286,26 @@ class MqttClient:
             self._pending_publishes.pop(info.mid, None)
 
     async def batches(self) -> AsyncIterator[list[Message]]:
-        """Yield received messages in arrival order, in lists; raise MqttError if the link dies."""
+        """Yield received messages in arrival order, in lists; raise MqttError if the link dies.
+
+        A batch holds at most ``max_batch`` messages, and the loop gets a turn
+        between batches, so a backlog of tens of thousands of messages never
+        keeps an HTTP request or a timer waiting for more than one batch.
+        """
         assert self._inbox_ready is not None
         assert self._disconnected is not None
         disconnected = self._disconnected
+        inbox = self._inbox
         while True:
-            if self._inbox:
-                batch = list(self._inbox)
-                self._inbox.clear()
-                self._inbox_ready.clear()
+            if inbox:
+                size = min(len(inbox), self._max_batch)
+                batch = [inbox.popleft() for _ in range(size)]
+                if not inbox:
+                    self._inbox_ready.clear()
                 self._resume_reading()
                 yield batch
+                if inbox:
+                    await asyncio.sleep(0)  # let everything else on the loop run
                 continue
             if disconnected.done():
                 error = disconnected.exception()
@@ -485,6 +496,9 @@ class MqttClient:
             self._loop.call_soon(self._read)
 
     def _resume_reading(self) -> None:
+        """Read again once the consumer has worked the inbox down to half its bound."""
+        if len(self._inbox) > self._max_queued // 2:
+            return
         if self._reading_paused and self._sock is not None and self._loop is not None:
             self._reading_paused = False
             self._loop.add_reader(self._sock, self._read)

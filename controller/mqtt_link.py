@@ -168,9 +168,8 @@ class MqttLink:
                 outcome, asyncio.CancelledError
             ):
                 raise outcome
-            # Stopping: what already arrived is still applied, then we say so and leave.
+            # Stopping: apply what already arrived, and say so while the link is still up.
             self._ingest.handle(client.take_buffered())
-            # Stopping: say so while the link is still up, then leave cleanly.
             try:
                 await client.publish(self.availability_topic, b"offline", qos=1, retain=True)
             except MqttError as publish_error:

@@ -108,7 +108,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     # controller must recover from by republishing.
     config.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_queued_messages 100000\n"
+        "max_queued_messages 100000\nset_tcp_nodelay true\n"
     )
     instance = Broker(config, port)
     instance.start()

@@ -90,7 +90,7 @@ def _run(site_path: Path) -> int:
     settings, site = loaded
     setup_logging(settings.log_format, settings.log_level)
     try:
-        service = ControllerService(settings, site, SystemClock())
+        service = ControllerService(settings, site, SystemClock(site.site.zone))
     except ConfigurationError as error:
         print(f"centerctl run: {error}", file=sys.stderr)
         return EXIT_CONFIG

@@ -12,13 +12,13 @@ import asyncio
 import heapq
 import itertools
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Protocol
 
 
 class Clock(Protocol):
     def now(self) -> datetime:
-        """The current wall time, timezone-aware (UTC)."""
+        """The current wall time, timezone-aware (in the site's zone in production)."""
 
     def monotonic(self) -> float:
         """Seconds on a clock that never goes backwards, for intervals and deadlines."""
@@ -28,10 +28,14 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """Real time."""
+    """Real time, told in ``zone``: every timestamp the controller shows then
+    carries the site's own offset (``+08:00`` in Shanghai), as staff read it."""
+
+    def __init__(self, zone: tzinfo = UTC) -> None:
+        self._zone = zone
 
     def now(self) -> datetime:
-        return datetime.now(UTC)
+        return datetime.now(self._zone)
 
     def monotonic(self) -> float:
         return time.monotonic()

@@ -210,7 +210,7 @@ class RunningController:
 
 
 async def start_controller(settings: Settings, site: Site) -> RunningController:
-    service = ControllerService(settings, site, SystemClock())
+    service = ControllerService(settings, site, SystemClock(site.site.zone))
     stop = asyncio.Event()
     ready = asyncio.Event()
     task = asyncio.create_task(service.run(stop, ready))

@@ -73,15 +73,18 @@ class Broker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [_mosquitto_binary(), "-c", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        log = self.config.with_suffix(".log")
+        with log.open("ab") as output:
+            self.process = subprocess.Popen(
+                [_mosquitto_binary(), "-c", str(self.config)],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self.process.returncode}")
+                said = log.read_text(errors="replace").strip()
+                raise RuntimeError(f"mosquitto exited with {self.process.returncode}: {said}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return

@@ -436,7 +436,7 @@ class MqttClient:
     def _on_socket_close(self, client: paho.Client, userdata: Any, sock: PahoSocket) -> None:
         if self._loop is None:
             return
-        if threading_is_loop(self._loop):
+        if _on_loop_thread(self._loop):
             self._stop_socket_io(sock)
         else:
             self._loop.call_soon_threadsafe(self._stop_socket_io, sock)
@@ -456,7 +456,7 @@ class MqttClient:
         self, client: paho.Client, userdata: Any, sock: PahoSocket
     ) -> None:
         assert self._loop is not None
-        if threading_is_loop(self._loop):
+        if _on_loop_thread(self._loop):
             self._loop.add_writer(sock, self._write)
         else:
             self._loop.call_soon_threadsafe(self._loop.add_writer, sock, self._write)
@@ -467,7 +467,7 @@ class MqttClient:
         assert self._loop is not None
         if sock.fileno() < 0:
             return
-        if threading_is_loop(self._loop):
+        if _on_loop_thread(self._loop):
             self._loop.remove_writer(sock)
         else:
             self._loop.call_soon_threadsafe(self._loop.remove_writer, sock)
@@ -528,7 +528,7 @@ class MqttClient:
             await asyncio.sleep(1.0)
 
 
-def threading_is_loop(loop: asyncio.AbstractEventLoop) -> bool:
+def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
     """True when called on ``loop``'s own thread."""
     try:
         return asyncio.get_running_loop() is loop

@@ -10,7 +10,6 @@ obvious. Handlers must therefore be quick and must not block; anything slow
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -21,19 +20,22 @@ Unsubscribe = Callable[[], None]
 
 class EventBus:
     def __init__(self, *, logger: logging.Logger | None = None) -> None:
-        self._handlers: defaultdict[type[Any], list[Callable[[Any], None]]] = defaultdict(list)
+        # Tuples replaced on (un)subscribe, never mutated: publish iterates them as
+        # they are, even when a handler unsubscribes during delivery.
+        self._handlers: dict[type[Any], tuple[Callable[[Any], None], ...]] = {}
         self._logger = logger or logging.getLogger("controller.bus")
         self._failing: set[Callable[[Any], None]] = set()
         self.handler_errors = 0
 
     def subscribe(self, event_type: type[E], handler: Handler[E]) -> Unsubscribe:
         """Call ``handler`` for every published event of exactly ``event_type``."""
-        handlers = self._handlers[event_type]
-        handlers.append(handler)
+        self._handlers[event_type] = (*self._handlers.get(event_type, ()), handler)
 
         def unsubscribe() -> None:
+            handlers = list(self._handlers.get(event_type, ()))
             if handler in handlers:
                 handlers.remove(handler)
+                self._handlers[event_type] = tuple(handlers)
 
         return unsubscribe
 
@@ -44,8 +46,7 @@ class EventBus:
         with the traceback, later ones only counted until it succeeds again, so
         a bug on a hot path cannot bury the log.
         """
-        # A snapshot: a handler may unsubscribe itself (or others) while we deliver.
-        for handler in tuple(self._handlers.get(type(event), ())):
+        for handler in self._handlers.get(type(event), ()):
             try:
                 handler(event)
             except Exception:

@@ -9,6 +9,7 @@ ever shown redacted; ``repr(settings)`` is safe to log.
 from __future__ import annotations
 
 import enum
+import json
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import unquote, urlsplit
@@ -112,8 +113,6 @@ class Settings(BaseSettings):
     @classmethod
     def _tokens_from_json(cls, value: object) -> object:
         if isinstance(value, str):
-            import json
-
             try:
                 return json.loads(value) if value.strip() else {}
             except json.JSONDecodeError:

@@ -215,10 +215,9 @@ class MqttClient:
         self._lock.release()
 
     def _close_socket(self) -> None:
-        sock = self._client.socket()
-        if sock is not None:
+        if self._client.socket() is not None:
             try:
-                self._client._sock_close()  # paho has no public "drop the socket"
+                self._client.drop_socket()
             except OSError as error:
                 self._logger.debug("closing MQTT socket: %s", error)
         if self._misc_task is not None:

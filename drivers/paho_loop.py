@@ -62,6 +62,10 @@ class LoopClient(paho.Client):
         self._chunk_pos = min(start + bufsize, len(self._chunk))
         return self._chunk[start : self._chunk_pos]
 
+    def drop_socket(self) -> None:
+        """Close the connection at once, without a DISCONNECT (paho has no public way)."""
+        self._sock_close()
+
     def _sock_close(self) -> None:
         self._chunk = b""
         self._chunk_pos = 0

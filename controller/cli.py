@@ -20,7 +20,8 @@ from controller.clock import SystemClock
 from controller.logs import setup_logging
 from controller.service import ConfigurationError, ControllerService
 from controller.settings import Settings
-from controller.site import Site, SiteError, load_site
+from controller.site import SiteError
+from controller.site_profiles import SiteWithProfiles, load_site_with_profiles
 from controller.site_summary import summarize
 
 EXIT_INVALID = 1
@@ -55,15 +56,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check(path: Path) -> int:
     try:
-        site = load_site(path)
+        loaded = load_site_with_profiles(path)
     except SiteError as error:
         print(error, file=sys.stderr)
         return EXIT_INVALID
-    print(summarize(site))
+    print(summarize(loaded.site))
     return 0
 
 
-def _load(site_path: Path) -> tuple[Settings, Site] | int:
+def _load(site_path: Path) -> tuple[Settings, SiteWithProfiles] | int:
     try:
         settings = Settings()
     except ValidationError as error:
@@ -76,21 +77,24 @@ def _load(site_path: Path) -> tuple[Settings, Site] | int:
             print(f"  {name}: {message}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        site = load_site(site_path)
+        loaded = load_site_with_profiles(site_path)
     except SiteError as error:
         print(error, file=sys.stderr)
         return EXIT_INVALID
-    return settings, site
+    return settings, loaded
 
 
 def _run(site_path: Path) -> int:
     loaded = _load(site_path)
     if isinstance(loaded, int):
         return loaded
-    settings, site = loaded
+    settings, center = loaded
+    site = center.site
     setup_logging(settings.log_format, settings.log_level)
     try:
-        service = ControllerService(settings, site, SystemClock(site.site.zone))
+        service = ControllerService(
+            settings, site, SystemClock(site.site.zone), profiles=center.profiles
+        )
     except ConfigurationError as error:
         print(f"centerctl run: {error}", file=sys.stderr)
         return EXIT_CONFIG

@@ -1,8 +1,9 @@
 """Time as a dependency.
 
 Everything that reads the time or waits for it goes through a :class:`Clock`.
-Production uses :class:`SystemClock`; tests and simulations use
-:class:`VirtualClock` and advance it, so a whole day of rules runs in
+Production uses :class:`SystemClock`; simulations and demos use
+:class:`ScaledClock` (real time, faster); tests use :class:`VirtualClock` and
+advance it, so a whole day of rules runs in
 milliseconds and no test ever sleeps to "let something happen".
 """
 
@@ -42,6 +43,37 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+
+class ScaledClock:
+    """Real time run ``speed`` times faster from ``start``: simulations and demos.
+
+    A whole simulated day passes in minutes at 100x while everything that
+    shares this clock (simulated devices and the controller) agrees on what
+    time it is, so reporting intervals, polls and silence keep their meaning.
+    """
+
+    def __init__(self, start: datetime, speed: float = 1.0) -> None:
+        if start.tzinfo is None:
+            raise ValueError("ScaledClock needs a timezone-aware start time")
+        if not speed > 0:
+            raise ValueError("speed must be greater than 0")
+        self._start = start
+        self._speed = speed
+        self._origin = time.monotonic()
+
+    @property
+    def speed(self) -> float:
+        return self._speed
+
+    def now(self) -> datetime:
+        return self._start + timedelta(seconds=self.monotonic())
+
+    def monotonic(self) -> float:
+        return (time.monotonic() - self._origin) * self._speed
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds) / self._speed)
 
 
 class VirtualClock:

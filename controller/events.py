@@ -65,4 +65,27 @@ class DeviceStateChanged:
     time: datetime
 
 
-Event = ReadingReceived | AvailabilityChanged | BadPayload | RoomStateChanged | DeviceStateChanged
+@dataclass(frozen=True, slots=True)
+class CommandUnconfirmed:
+    """A command to a device that could not be confirmed after every try: an alarm.
+
+    ``command`` says what was asked (``power=true, setpoint=26.0``), ``reason``
+    what went wrong the last time (no answer, an exception, a different value
+    read back).
+    """
+
+    device_id: str
+    command: str
+    reason: str
+    attempts: int
+    time: datetime
+
+
+Event = (
+    ReadingReceived
+    | AvailabilityChanged
+    | BadPayload
+    | RoomStateChanged
+    | DeviceStateChanged
+    | CommandUnconfirmed
+)

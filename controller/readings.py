@@ -59,4 +59,52 @@ class FireAlarmReading:
     alarm: bool
 
 
-Reading = OccupancyReading | CounterReading | ClimateReading | LockReading | FireAlarmReading
+class AcMode(enum.StrEnum):
+    AUTO = "auto"
+    COOL = "cool"
+    HEAT = "heat"
+    FAN = "fan"
+    DRY = "dry"
+
+
+class FanSpeed(enum.StrEnum):
+    AUTO = "auto"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+@dataclass(frozen=True, slots=True)
+class AirConditionerReading:
+    """An air conditioner's registers in physical units.
+
+    A field is None when the device's profile does not have that point, or
+    the device reported a value its profile gives no meaning to (an unknown
+    mode code, "no sensor fitted"): unknown, never a guess.
+    """
+
+    power: bool | None
+    mode: AcMode | None
+    setpoint: float | None
+    fan: FanSpeed | None = None
+    room_temperature: float | None = None
+    fault: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CabinetReading:
+    """A document cabinet's compartments, index i = compartment i."""
+
+    doors_open: tuple[bool, ...]
+    items_present: tuple[bool, ...]
+
+
+Reading = (
+    OccupancyReading
+    | CounterReading
+    | ClimateReading
+    | LockReading
+    | FireAlarmReading
+    | AirConditionerReading
+    | CabinetReading
+)

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -25,14 +25,17 @@ from aiohttp import web
 
 from controller.bus import EventBus
 from controller.clock import Clock
+from controller.command_alarms import CommandAlarms
 from controller.diagnostics import BadPayloadLog
 from controller.ingest import MqttIngest
+from controller.modbus_poller import ModbusDevices
 from controller.mqtt_link import MqttLink
 from controller.room_publisher import RoomStatePublisher
 from controller.settings import Settings
 from controller.silence import SilenceWatch
 from controller.site import Site
 from controller.state import LiveState
+from drivers.modbus_profile import Profile, load_profiles
 from web.app import create_app
 from web.auth import TokenAuth
 
@@ -48,8 +51,10 @@ class ControllerService:
         site: Site,
         clock: Clock,
         *,
+        profiles: Mapping[str, Profile] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
+        """``profiles`` are the site's checked device profiles (the bundled ones if None)."""
         endpoint = settings.mqtt_endpoint()
         if endpoint is None:
             raise ConfigurationError(
@@ -85,6 +90,14 @@ class ControllerService:
             frozenset(device.id for device in site.devices),
             report=self.link.publish_event,
         )
+        self.command_alarms = CommandAlarms(self.bus, report=self.link.publish_event)
+        profiles = profiles if profiles is not None else load_profiles()
+        unknown = sorted(
+            {device.profile for device in site.devices if device.profile} - profiles.keys()
+        )
+        if unknown:
+            raise ConfigurationError(f"no device profile named {', '.join(unknown)}")
+        self.modbus = ModbusDevices(site, profiles, self.bus, clock)
         self.silence = SilenceWatch(
             self.state, self.bus, clock, missed=site.rules.offline_after_missed
         )
@@ -123,6 +136,8 @@ class ControllerService:
                 "room_states_published": self.room_publisher.published,
                 "event_handler_errors": self.bus.handler_errors,
             },
+            "modbus": self.modbus.status(),
+            "commands_unconfirmed": self.command_alarms.to_json(),
         }
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
@@ -135,6 +150,8 @@ class ControllerService:
             stack.callback(self.room_publisher.stop)
             self.bad_payloads.start()
             stack.callback(self.bad_payloads.stop)
+            self.command_alarms.start()
+            stack.callback(self.command_alarms.stop)
             if self.auth.open:
                 self._logger.warning(
                     "no CENTER_API_TOKENS configured: "
@@ -143,12 +160,14 @@ class ControllerService:
             await stack.enter_async_context(self._http())
             link_task = asyncio.create_task(self.link.run(), name="mqtt-link")
             watch_task = asyncio.create_task(self.silence.run(), name="silence-watch")
-            stack.push_async_callback(self._stop_tasks, link_task, watch_task)
+            modbus_task = asyncio.create_task(self.modbus.run(), name="modbus")
+            stack.push_async_callback(self._stop_tasks, link_task, watch_task, modbus_task)
             if ready is not None:
                 ready.set()
             stopped = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait(
-                (stopped, link_task, watch_task), return_when=asyncio.FIRST_COMPLETED
+                (stopped, link_task, watch_task, modbus_task),
+                return_when=asyncio.FIRST_COMPLETED,
             )
             stopped.cancel()
             for task in done - {stopped}:
@@ -156,9 +175,13 @@ class ControllerService:
             self._logger.info("stopping")
 
     async def _stop_tasks(
-        self, link_task: asyncio.Task[None], watch_task: asyncio.Task[None]
+        self,
+        link_task: asyncio.Task[None],
+        watch_task: asyncio.Task[None],
+        modbus_task: asyncio.Task[None],
     ) -> None:
         watch_task.cancel()
+        modbus_task.cancel()
         self.link.stop()
         try:
             async with asyncio.timeout(self._settings.shutdown_timeout):
@@ -170,6 +193,8 @@ class ControllerService:
             link_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watch_task
+        with contextlib.suppress(asyncio.CancelledError):
+            await modbus_task
         with contextlib.suppress(asyncio.CancelledError):
             await link_task
 

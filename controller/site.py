@@ -257,9 +257,20 @@ class Device(_Model):
         return self.protocol is Protocol.MQTT
 
 
+class ModbusOptions(_Model):
+    """Where to find device profiles beyond the bundled ones.
+
+    Directories are relative to the site file, so a site and its vendor
+    profiles travel together.
+    """
+
+    profile_dirs: list[Annotated[str, Field(min_length=1)]] = []
+
+
 class Site(_Model):
     site: SiteInfo
     rules: Rules = Rules()
+    modbus: ModbusOptions = ModbusOptions()
     rooms: list[Room] = Field(min_length=1)
     devices: list[Device] = []
 

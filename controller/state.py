@@ -29,6 +29,7 @@ from controller.events import (
     RoomStateChanged,
 )
 from controller.readings import (
+    AirConditionerReading,
     ClimateReading,
     DoorState,
     FireAlarmReading,
@@ -252,13 +253,16 @@ def _derive_room(
 ) -> RoomState:
     """The room's state from its usable devices; ``since`` moves only when occupancy flips.
 
+    The temperature is the mean of the room's climate sensors, or of its air
+    conditioners' own sensors when no climate sensor is usable.
+
     One pass with plain accumulators: this runs for every reading on the
     ingest path, so it avoids intermediate lists and generators.
     """
     occupancy_seen = occupied_any = False
     count: int | None = None
-    temperature_sum = humidity_sum = 0.0
-    temperatures = humidities = 0
+    temperature_sum = humidity_sum = ac_temperature_sum = 0.0
+    temperatures = humidities = ac_temperatures = 0
     lock_state: LockState | None = None
     door: DoorState | None = None
     for state in devices:
@@ -277,6 +281,10 @@ def _derive_room(
             if reading.humidity is not None:
                 humidity_sum += reading.humidity
                 humidities += 1
+        elif isinstance(reading, AirConditionerReading):
+            if reading.room_temperature is not None:
+                ac_temperature_sum += reading.room_temperature
+                ac_temperatures += 1
         elif isinstance(reading, LockReading):
             if lock_state is None or _LOCK_SEVERITY[reading.state] > _LOCK_SEVERITY[lock_state]:
                 lock_state = reading.state
@@ -284,6 +292,10 @@ def _derive_room(
                 door = reading.door
 
     occupied = (occupied_any or bool(count)) if occupancy_seen else None
+    if not temperatures:
+        # No climate sensor to ask: an air conditioner's own return-air sensor
+        # is the next best measure of the room (and better than nothing).
+        temperature_sum, temperatures = ac_temperature_sum, ac_temperatures
     return RoomState(
         occupied,
         count,

@@ -11,18 +11,21 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from controller.clock import SystemClock
+from controller.demo import EXAMPLE_SITE, SimulationOptions, demo, parse_start, simulate
 from controller.logs import setup_logging
 from controller.service import ConfigurationError, ControllerService
 from controller.settings import Settings
 from controller.site import SiteError
 from controller.site_profiles import SiteWithProfiles, load_site_with_profiles
 from controller.site_summary import summarize
+from simulators.faults import FaultPlan
+from simulators.scenarios import scenario_choices
 
 EXIT_INVALID = 1
 EXIT_CONFIG = 2
@@ -38,6 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.file)
     if args.command == "run":
         return _run(args.site)
+    if args.command == "simulate":
+        return _simulate(args)
+    if args.command == "demo":
+        return _demo(args)
     parser.error(f"unknown command {args.command}")
     return EXIT_CONFIG
 
@@ -51,7 +58,45 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path, help="site file (TOML)")
     run = commands.add_parser("run", help="run the controller daemon")
     run.add_argument("--site", type=Path, required=True, help="site file (TOML)")
+    simulate = commands.add_parser(
+        "simulate",
+        help="simulate every device of a site (broker from CENTER_MQTT_URL, "
+        "Modbus ports from the site file)",
+    )
+    simulate.add_argument("--site", type=Path, required=True, help="site file (TOML)")
+    _simulation_arguments(simulate)
+    demo = commands.add_parser(
+        "demo",
+        help="the whole center on this machine: embedded broker, simulated devices, "
+        "controller and API",
+    )
+    demo.add_argument(
+        "--site", type=Path, default=EXAMPLE_SITE, help="site file (default: the Changbai example)"
+    )
+    demo.add_argument("--http-port", type=int, help="HTTP port (default CENTER_HTTP_PORT or 8080)")
+    demo.add_argument(
+        "--http-host", help="HTTP address to listen on (default 127.0.0.1 for the demo)"
+    )
+    _simulation_arguments(demo)
     return parser
+
+
+def _simulation_arguments(parser: argparse.ArgumentParser) -> None:
+    names = ", ".join(["auto", *scenario_choices()])
+    parser.add_argument(
+        "--scenario", default="auto", help=f"one of {names} (default auto: by weekday)"
+    )
+    parser.add_argument(
+        "--speed", type=float, default=1.0, help="simulated seconds per real second (default 1)"
+    )
+    parser.add_argument("--start", help="simulated time of day to start at, e.g. 08:00")
+    parser.add_argument(
+        "--faults",
+        default="",
+        help="e.g. drop=0.05,garbage=0.01,dead=ac-love-room,slow=cabinet-1,"
+        "reset=counter-entrance@10m,jam=lock-gym",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
 def _check(path: Path) -> int:
@@ -61,6 +106,101 @@ def _check(path: Path) -> int:
         print(error, file=sys.stderr)
         return EXIT_INVALID
     print(summarize(loaded.site))
+    return 0
+
+
+def _simulation_options(args: argparse.Namespace) -> SimulationOptions | str:
+    """The options, or the reason they cannot work."""
+    if args.scenario != "auto" and args.scenario not in scenario_choices():
+        names = ", ".join(["auto", *scenario_choices()])
+        return f"unknown scenario {args.scenario!r}; choose one of {names}"
+    if not args.speed > 0:
+        return "--speed must be greater than 0"
+    try:
+        start = parse_start(args.start) if args.start else None
+        faults = FaultPlan.parse(args.faults)
+    except ValueError as error:
+        return str(error)
+    return SimulationOptions(args.scenario, args.speed, start, faults, args.seed)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    loaded = _load(args.site)
+    if isinstance(loaded, int):
+        return loaded
+    settings, center = loaded
+    options = _simulation_options(args)
+    problems = (
+        options.faults.problems(center.site) if isinstance(options, SimulationOptions) else []
+    )
+    if isinstance(options, str) or problems:
+        print(
+            f"centerctl simulate: {options if isinstance(options, str) else '; '.join(problems)}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    endpoint = settings.mqtt_endpoint()
+    if endpoint is None:
+        print(
+            "centerctl simulate: CENTER_MQTT_URL is not set; point it at the broker "
+            "the controller uses, e.g. mqtt://127.0.0.1:1883",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    setup_logging(settings.log_format, settings.log_level)
+    prefix = settings.topic_prefix(center.site.site.id)
+
+    async def main(stop: asyncio.Event) -> None:
+        await simulate(
+            center, endpoint, options, stop, prefix=prefix, ca_file=settings.mqtt_ca_file
+        )
+
+    return asyncio.run(_until_signal(main))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    loaded = _load(args.site)
+    if isinstance(loaded, int):
+        return loaded
+    settings, center = loaded
+    options = _simulation_options(args)
+    problems = (
+        options.faults.problems(center.site) if isinstance(options, SimulationOptions) else []
+    )
+    if isinstance(options, str) or problems:
+        print(
+            f"centerctl demo: {options if isinstance(options, str) else '; '.join(problems)}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    overrides: dict[str, object] = {}
+    if args.http_port is not None:
+        overrides["http_port"] = args.http_port
+    if args.http_host is not None:
+        overrides["http_host"] = args.http_host
+    elif "http_host" not in settings.model_fields_set:
+        overrides["http_host"] = "127.0.0.1"  # the demo prints a token: keep it local
+    settings = settings.model_copy(update=overrides)
+    setup_logging(settings.log_format, settings.log_level)
+
+    async def main(stop: asyncio.Event) -> None:
+        await demo(center, settings, options, stop)
+
+    return asyncio.run(_until_signal(main))
+
+
+async def _until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    logger = logging.getLogger("controller")
+    try:
+        await main(stop)
+    except OSError as error:
+        logger.error("cannot start: %s", error)
+        return EXIT_CONFIG
+    logger.info("stopped")
     return 0
 
 

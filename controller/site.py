@@ -223,6 +223,19 @@ class Device(_Model):
             raise PydanticCustomError("topic", "a device topic cannot contain MQTT wildcards")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_protocol(cls, data: Any) -> Any:
+        """A device speaks its kind's protocol unless the file says otherwise."""
+        if isinstance(data, dict) and data.get("protocol") is None:
+            try:
+                kind = DeviceKind(str(data.get("kind")))
+            except ValueError:
+                return data  # the kind's own error says what is wrong
+            expected = Protocol.MQTT if kind in MQTT_KINDS else Protocol.MODBUS
+            return {**data, "protocol": expected}
+        return data
+
     @model_validator(mode="after")
     def _protocol_fits_kind(self) -> Self:
         # Every problem is reported at the field to change, all at once.
@@ -250,7 +263,7 @@ class Device(_Model):
             problems.append((("room",), f"{kind} device must name its room"))
         if problems:
             raise _MultiError(problems)
-        return self.model_copy(update={"protocol": protocol})
+        return self
 
     @property
     def is_mqtt(self) -> bool:

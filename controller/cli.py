@@ -124,21 +124,30 @@ def _simulation_options(args: argparse.Namespace) -> SimulationOptions | str:
     return SimulationOptions(args.scenario, args.speed, start, faults, args.seed)
 
 
-def _simulate(args: argparse.Namespace) -> int:
+def _load_simulation(
+    args: argparse.Namespace,
+) -> tuple[Settings, SiteWithProfiles, SimulationOptions] | int:
+    """Settings, site and options for ``simulate`` and ``demo``, or the exit code."""
     loaded = _load(args.site)
     if isinstance(loaded, int):
         return loaded
     settings, center = loaded
     options = _simulation_options(args)
-    problems = (
-        options.faults.problems(center.site) if isinstance(options, SimulationOptions) else []
-    )
-    if isinstance(options, str) or problems:
-        print(
-            f"centerctl simulate: {options if isinstance(options, str) else '; '.join(problems)}",
-            file=sys.stderr,
-        )
+    if isinstance(options, str):
+        problem = options
+    else:
+        problem = "; ".join(options.faults.problems(center.site))
+    if problem or isinstance(options, str):
+        print(f"centerctl {args.command}: {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    return settings, center, options
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    loaded = _load_simulation(args)
+    if isinstance(loaded, int):
+        return loaded
+    settings, center, options = loaded
     endpoint = settings.mqtt_endpoint()
     if endpoint is None:
         print(
@@ -159,20 +168,10 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    loaded = _load(args.site)
+    loaded = _load_simulation(args)
     if isinstance(loaded, int):
         return loaded
-    settings, center = loaded
-    options = _simulation_options(args)
-    problems = (
-        options.faults.problems(center.site) if isinstance(options, SimulationOptions) else []
-    )
-    if isinstance(options, str) or problems:
-        print(
-            f"centerctl demo: {options if isinstance(options, str) else '; '.join(problems)}",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
+    settings, center, options = loaded
     overrides: dict[str, object] = {}
     if args.http_port is not None:
         overrides["http_port"] = args.http_port
@@ -238,22 +237,7 @@ def _run(site_path: Path) -> int:
     except ConfigurationError as error:
         print(f"centerctl run: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    return asyncio.run(_serve(service, settings.shutdown_timeout))
-
-
-async def _serve(service: ControllerService, shutdown_timeout: float) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    logger = logging.getLogger("controller")
-    try:
-        await service.run(stop)
-    except OSError as error:
-        logger.error("cannot start: %s", error)
-        return EXIT_CONFIG
-    logger.info("stopped")
-    return 0
+    return asyncio.run(_until_signal(service.run))
 
 
 if __name__ == "__main__":  # pragma: no cover

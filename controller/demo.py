@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, time
 from pathlib import Path
@@ -30,7 +30,7 @@ from pydantic import SecretStr
 from controller.clock import Clock, ScaledClock, SystemClock
 from controller.service import ControllerService
 from controller.settings import MqttEndpoint, Settings
-from controller.site import Site
+from controller.site import Device, Site
 from controller.site_profiles import SiteWithProfiles
 from simulators.center import SimulatedCenter, site_with_ports
 from simulators.embedded_broker import EmbeddedBroker
@@ -88,17 +88,8 @@ async def simulate(
 ) -> None:
     """Devices only, until ``stop`` is set."""
     clock = simulation_clock(center.site, options, demo=False)
-    async with SimulatedCenter(
-        center.site,
-        center.profiles,
-        endpoint,
-        clock=clock,
-        speed=options.speed,
-        scenario=options.scenario,
-        faults=options.faults,
-        seed=options.seed,
-        prefix=prefix,
-        ca_file=ca_file,
+    async with _simulated_center(
+        center, endpoint, options, clock, prefix=prefix, ca_file=ca_file
     ) as simulated:
         _log.info(
             "simulating %s (scenario %s, %gx) on %s",
@@ -108,6 +99,33 @@ async def simulate(
             endpoint.redacted(),
         )
         await _until(stop, simulated)
+
+
+def _simulated_center(
+    center: SiteWithProfiles,
+    endpoint: MqttEndpoint,
+    options: SimulationOptions,
+    clock: Clock,
+    *,
+    prefix: str,
+    ca_file: Path | None,
+    warmup: float = 0.0,
+    port_for: Callable[[Device], int] | None = None,
+) -> SimulatedCenter:
+    return SimulatedCenter(
+        center.site,
+        center.profiles,
+        endpoint,
+        clock=clock,
+        speed=options.speed,
+        scenario=options.scenario,
+        faults=options.faults,
+        seed=options.seed,
+        warmup=warmup,
+        prefix=prefix,
+        ca_file=ca_file,
+        port_for=port_for,
+    )
 
 
 async def demo(
@@ -121,51 +139,48 @@ async def demo(
     """The whole system on this machine until ``stop`` is set."""
     site = center.site
     clock = simulation_clock(site, options, demo=True)
-    async with _broker(settings) as broker_url:
-        endpoint = MqttEndpoint.parse(broker_url)
-        async with SimulatedCenter(
-            site,
-            center.profiles,
-            endpoint,
-            clock=clock,
-            speed=options.speed,
-            scenario=options.scenario,
-            faults=options.faults,
-            seed=options.seed,
-            warmup=DEMO_WARMUP,
+    async with (
+        _broker(settings) as broker_url,
+        _simulated_center(
+            center,
+            MqttEndpoint.parse(broker_url),
+            options,
+            clock,
             prefix=settings.topic_prefix(site.site.id),
             ca_file=settings.mqtt_ca_file,
-            port_for=lambda device: 0,
-        ) as simulated:
-            token = _staff_token(settings)
-            demo_settings = settings.model_copy(
-                update={
-                    "mqtt_url": SecretStr(broker_url),
-                    "api_tokens": settings.api_tokens or {SecretStr(token): ["staff"]},
-                }
-            )
-            service = ControllerService(
-                demo_settings,
-                site_with_ports(site, simulated.modbus_ports),
-                clock,
-                profiles=center.profiles,
-            )
-            ready = asyncio.Event()
-            controller = asyncio.create_task(service.run(stop, ready), name="controller")
-            waiting = asyncio.create_task(ready.wait())
-            await asyncio.wait((controller, waiting), return_when=asyncio.FIRST_COMPLETED)
-            waiting.cancel()
-            if ready.is_set() and announce:
-                _announce(site, settings, service, broker_url, token, simulated.scenario, clock)
-            parts = asyncio.create_task(simulated.wait(), name="simulators")
-            done, _ = await asyncio.wait((controller, parts), return_when=asyncio.FIRST_COMPLETED)
-            if parts in done:
-                stop.set()
-            else:
-                parts.cancel()
-            await controller
-            if parts in done:
-                parts.result()
+            warmup=DEMO_WARMUP,
+            port_for=lambda device: 0,  # free ports: the controller is told which
+        ) as simulated,
+    ):
+        token = _staff_token(settings)
+        demo_settings = settings.model_copy(
+            update={
+                "mqtt_url": SecretStr(broker_url),
+                "api_tokens": settings.api_tokens or {SecretStr(token): ["staff"]},
+            }
+        )
+        service = ControllerService(
+            demo_settings,
+            site_with_ports(site, simulated.modbus_ports),
+            clock,
+            profiles=center.profiles,
+        )
+        ready = asyncio.Event()
+        controller = asyncio.create_task(service.run(stop, ready), name="controller")
+        waiting = asyncio.create_task(ready.wait())
+        await asyncio.wait((controller, waiting), return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if ready.is_set() and announce:
+            _announce(site, settings, service, broker_url, token, simulated.scenario, clock)
+        parts = asyncio.create_task(simulated.wait(), name="simulators")
+        done, _ = await asyncio.wait((controller, parts), return_when=asyncio.FIRST_COMPLETED)
+        if parts in done:
+            stop.set()
+        else:
+            parts.cancel()
+        await controller
+        if parts in done:
+            parts.result()
 
 
 def _staff_token(settings: Settings) -> str:

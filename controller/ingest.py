@@ -63,6 +63,15 @@ def availability_topic(device: Device, prefix: str) -> str:
     return f"{prefix}/{device.id}/availability"
 
 
+def command_topic(device: Device, prefix: str) -> str:
+    """Where a device takes its commands (locks: ``{"state": "LOCK"}``)."""
+    if device.command_topic:
+        return device.command_topic
+    if device.state_topic and device.format is PayloadFormat.ZIGBEE2MQTT:
+        return f"{device.state_topic}/set"  # zigbee2mqtt's convention
+    return f"{prefix}/{device.id}/set"
+
+
 class MqttIngest:
     """Routes a site's device topics to decoders and the bus."""
 

@@ -33,7 +33,7 @@ from typing import ClassVar
 import orjson
 
 from controller.clock import Clock, ScaledClock
-from controller.ingest import availability_topic, state_topic
+from controller.ingest import availability_topic, command_topic, state_topic
 from controller.readings import LockState
 from controller.settings import MqttEndpoint
 from controller.site import Device, DeviceKind, PayloadFormat, Site
@@ -106,15 +106,6 @@ class SimStats:
     garbled: int = 0  # state messages the garbage fault replaced
     connects: int = 0
     commands: int = 0
-
-
-def command_topic(device: Device, prefix: str) -> str:
-    """Where the controller sends a device's commands (the ingest's conventions, mirrored)."""
-    if device.command_topic:
-        return device.command_topic
-    if device.state_topic and device.format is PayloadFormat.ZIGBEE2MQTT:
-        return f"{device.state_topic}/set"  # zigbee2mqtt's convention
-    return f"{prefix}/{device.id}/set"
 
 
 async def wait_or_sleep(clock: Clock, event: asyncio.Event, seconds: float) -> None:

@@ -26,46 +26,11 @@ from simulators.modbus_devices import SimAirConditioner, SimCabinet, modbus_simu
 from simulators.modbus_server import ModbusDeviceServer
 from simulators.world import Hvac
 from tests.conftest import wait_until
+from tests.drivers.test_modbus_profile import INTESIS_AC
 
 PROFILES = load_profiles()
 ROOM = "hall"
 
-INTESIS_AC = """
-[profile]
-id = "intesis-ac"
-kind = "air_conditioner"
-vendor = "Intesis-style gateway"
-
-[points.power]
-table = "holding"
-address = 1
-type = "bool"
-access = "read_write"
-
-[points.mode]
-table = "holding"
-address = 2
-access = "read_write"
-enum = { 0 = "auto", 1 = "heat", 2 = "dry", 3 = "fan", 4 = "cool" }
-
-[points.setpoint]
-table = "holding"
-address = 4
-access = "read_write"
-unit = "°C"
-minimum = 16
-maximum = 30
-
-[points.room_temperature]
-table = "holding"
-address = 5
-type = "int16"
-unit = "°C"
-
-[points.fault]
-table = "holding"
-address = 6
-"""
 
 
 # -- fakes and helpers ---------------------------------------------------------------

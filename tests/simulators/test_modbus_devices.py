@@ -32,7 +32,6 @@ PROFILES = load_profiles()
 ROOM = "hall"
 
 
-
 # -- fakes and helpers ---------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -30,7 +31,7 @@ from controller.readings import AcMode, AirConditionerReading, CabinetReading, F
 from controller.site import Device, Site, parse_site
 from drivers.modbus_profile import Profile, load_profiles
 from simulators.modbus_server import ModbusDeviceServer
-from tests.conftest import wait_until
+from tests.conftest import Broker, Probe, controller_settings, start_controller, wait_until
 from tests.drivers.test_modbus_profile import INTESIS_AC
 
 POLL = 0.2
@@ -394,3 +395,38 @@ async def test_an_offline_device_is_retried_with_capped_backoff() -> None:
         # waits are 0.2, 0.4, 0.8 and then 0.8 again (the cap): at least 1.4 s in all.
         assert took > 1.4, f"4 retries in {took:.2f} s"
         assert took < 3.0, f"4 retries in {took:.2f} s: the cap did not hold"
+
+
+# -- through the whole controller ----------------------------------------------------
+
+
+@pytest.mark.broker
+async def test_an_unconfirmed_write_is_an_alarm_on_the_events_topic_and_in_health(
+    broker: Broker, probe: Probe
+) -> None:
+    profiles = load_profiles()
+    draft = site_with([ac("ac-1", 1)]).devices[0]
+    async with ModbusDeviceServer(
+        draft, profiles["generic-ac"], port=0, clock=SystemClock()
+    ) as server:
+        site = site_with([ac("ac-1", server.port)])
+        controller = await start_controller(controller_settings(broker), site)
+        try:
+            events = f"center/{site.site.id}/events"
+            probe.subscribe(events)
+            await wait_until(
+                lambda: controller.service.state.device("ac-1").online is True, message="online"
+            )
+            server.on_write = lambda name, index, value: server.set("power", False)
+            with pytest.raises(WriteFailed):
+                await controller.service.modbus.write("ac-1", [PointWrite("power", True)])
+            body = await probe.next_payload(
+                events, lambda payload: b"command_unconfirmed" in payload
+            )
+            alarm = json.loads(body)
+            assert alarm["device"] == "ac-1"
+            assert alarm["command"] == "power=true"
+            assert alarm["severity"] == "alarm"
+            assert controller.service.health()["commands_unconfirmed"]["total"] == 1
+        finally:
+            await controller.shutdown()

@@ -21,7 +21,7 @@ from controller.demo import EXAMPLE_SITE, SimulationOptions, demo, parse_start, 
 from controller.logs import setup_logging
 from controller.service import ConfigurationError, ControllerService
 from controller.settings import Settings
-from controller.site import SiteError
+from controller.site import Site, SiteError
 from controller.site_profiles import SiteWithProfiles, load_site_with_profiles
 from controller.site_summary import summarize
 from simulators.faults import FaultPlan
@@ -109,8 +109,8 @@ def _check(path: Path) -> int:
     return 0
 
 
-def _simulation_options(args: argparse.Namespace) -> SimulationOptions | str:
-    """The options, or the reason they cannot work."""
+def _simulation_options(args: argparse.Namespace, site: Site) -> SimulationOptions | str:
+    """The options, or the reason they cannot work for ``site``."""
     if args.scenario != "auto" and args.scenario not in scenario_choices():
         names = ", ".join(["auto", *scenario_choices()])
         return f"unknown scenario {args.scenario!r}; choose one of {names}"
@@ -121,6 +121,9 @@ def _simulation_options(args: argparse.Namespace) -> SimulationOptions | str:
         faults = FaultPlan.parse(args.faults)
     except ValueError as error:
         return str(error)
+    problems = faults.problems(site)
+    if problems:
+        return "; ".join(problems)
     return SimulationOptions(args.scenario, args.speed, start, faults, args.seed)
 
 
@@ -132,13 +135,9 @@ def _load_simulation(
     if isinstance(loaded, int):
         return loaded
     settings, center = loaded
-    options = _simulation_options(args)
+    options = _simulation_options(args, center.site)
     if isinstance(options, str):
-        problem = options
-    else:
-        problem = "; ".join(options.faults.problems(center.site))
-    if problem or isinstance(options, str):
-        print(f"centerctl {args.command}: {problem}", file=sys.stderr)
+        print(f"centerctl {args.command}: {options}", file=sys.stderr)
         return EXIT_CONFIG
     return settings, center, options
 

@@ -28,6 +28,27 @@ class Clock(Protocol):
         """Wait ``seconds`` of this clock's time."""
 
 
+async def sleep_or_wake(clock: Clock, wake: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds`` of ``clock`` time, or less if ``wake`` is set meanwhile.
+
+    For loops that wait for their next deadline but must react at once to new
+    work (a queued Modbus write, a simulated device's state change).
+    """
+    if wake.is_set():
+        return
+    if seconds <= 0:
+        await clock.sleep(0)
+        return
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    waiter = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        waiter.cancel()
+        await asyncio.gather(sleeper, waiter, return_exceptions=True)
+
+
 class SystemClock:
     """Real time, told in ``zone``: every timestamp the controller shows then
     carries the site's own offset (``+08:00`` in Shanghai), as staff read it."""

@@ -133,8 +133,6 @@ async def demo(
     settings: Settings,
     options: SimulationOptions,
     stop: asyncio.Event,
-    *,
-    announce: bool = True,
 ) -> None:
     """The whole system on this machine until ``stop`` is set."""
     site = center.site
@@ -152,12 +150,11 @@ async def demo(
             port_for=lambda device: 0,  # free ports: the controller is told which
         ) as simulated,
     ):
-        token = _staff_token(settings)
+        # A fresh staff token for this run, unless tokens are configured.
+        token = None if settings.api_tokens else secrets.token_urlsafe(18)
+        tokens = {SecretStr(token): ["staff"]} if token else settings.api_tokens
         demo_settings = settings.model_copy(
-            update={
-                "mqtt_url": SecretStr(broker_url),
-                "api_tokens": settings.api_tokens or {SecretStr(token): ["staff"]},
-            }
+            update={"mqtt_url": SecretStr(broker_url), "api_tokens": tokens}
         )
         service = ControllerService(
             demo_settings,
@@ -170,7 +167,7 @@ async def demo(
         waiting = asyncio.create_task(ready.wait())
         await asyncio.wait((controller, waiting), return_when=asyncio.FIRST_COMPLETED)
         waiting.cancel()
-        if ready.is_set() and announce:
+        if ready.is_set():
             _announce(site, settings, service, broker_url, token, simulated.scenario, clock)
         parts = asyncio.create_task(simulated.wait(), name="simulators")
         done, _ = await asyncio.wait((controller, parts), return_when=asyncio.FIRST_COMPLETED)
@@ -181,13 +178,6 @@ async def demo(
         await controller
         if parts in done:
             parts.result()
-
-
-def _staff_token(settings: Settings) -> str:
-    """A fresh token for this run, unless tokens are configured (then those apply)."""
-    if settings.api_tokens:
-        return ""
-    return secrets.token_urlsafe(18)
 
 
 @contextlib.asynccontextmanager
@@ -205,7 +195,7 @@ def _announce(
     settings: Settings,
     service: ControllerService,
     broker_url: str,
-    token: str,
+    token: str | None,
     scenario: str,
     clock: Clock,
 ) -> None:

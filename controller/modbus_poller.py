@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.bus import EventBus
-from controller.clock import Clock
+from controller.clock import Clock, sleep_or_wake
 from controller.events import (
     AvailabilityChanged,
     AvailabilitySource,
@@ -181,7 +181,7 @@ class ModbusHub:
         self._backoff_max = backoff_max
         self._logger = logger
         self._writes: deque[_Job] = deque()
-        self._wake: asyncio.Future[None] | None = None
+        self._wake = asyncio.Event()  # set when a write is queued
 
     @property
     def pollers(self) -> Sequence[DevicePoller]:
@@ -205,7 +205,8 @@ class ModbusHub:
                 poller = min(self._pollers, key=lambda candidate: candidate.due)
                 delay = poller.due - self._clock.monotonic()
                 if delay > 0:
-                    await self._idle(delay)
+                    self._wake.clear()
+                    await sleep_or_wake(self._clock, self._wake, delay)
                     continue
                 await self._poll(poller)
         finally:
@@ -222,24 +223,12 @@ class ModbusHub:
             raise ValueError("nothing to write")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._writes.append(_Job(poller, encoded, done))
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
+        self._wake.set()
         return done
-
-    async def _idle(self, delay: float) -> None:
-        """Sleep until the next poll is due, or until a write arrives."""
-        wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._wake = wake
-        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
-        try:
-            await asyncio.wait((sleeper, wake), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            self._wake = None
 
     # -- polling -------------------------------------------------------------
 
-    async def _poll(self, poller: DevicePoller, *, scheduled: bool = True) -> bool:
+    async def _poll(self, poller: DevicePoller, *, scheduled: bool = True) -> None:
         """Read every block; ``scheduled=False`` for an extra poll that keeps the grid as is."""
         started = self._clock.monotonic()
         device = poller.device
@@ -255,7 +244,7 @@ class ModbusHub:
                 issues.extend(block_issues)
         except ModbusError as error:
             self._failed(poller, error, scheduled=scheduled)
-            return False
+            return
         poller.stats.polls += 1
         if scheduled:
             poller.stats.record_interval(started, poller.period)
@@ -285,7 +274,6 @@ class ModbusHub:
             )
         reading = to_reading(poller.profile, values, device.compartments)
         self._bus.publish(ReadingReceived(device.id, reading, now))
-        return True
 
     def _failed(self, poller: DevicePoller, error: ModbusError, *, scheduled: bool) -> None:
         device = poller.device

@@ -281,15 +281,14 @@ def _derive_room(
             if reading.humidity is not None:
                 humidity_sum += reading.humidity
                 humidities += 1
-        elif isinstance(reading, AirConditionerReading):
-            if reading.room_temperature is not None:
-                ac_temperature_sum += reading.room_temperature
-                ac_temperatures += 1
         elif isinstance(reading, LockReading):
             if lock_state is None or _LOCK_SEVERITY[reading.state] > _LOCK_SEVERITY[lock_state]:
                 lock_state = reading.state
             if reading.door is DoorState.OPEN or (door is None and reading.door is not None):
                 door = reading.door
+        elif isinstance(reading, AirConditionerReading) and reading.room_temperature is not None:
+            ac_temperature_sum += reading.room_temperature
+            ac_temperatures += 1
 
     occupied = (occupied_any or bool(count)) if occupancy_seen else None
     if not temperatures:

@@ -77,10 +77,6 @@ class ModbusConnection:
     def name(self) -> str:
         return f"{self.host}:{self.port}"
 
-    @property
-    def connected(self) -> bool:
-        return self._client is not None and self._client.connected
-
     def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:

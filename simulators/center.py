@@ -29,9 +29,6 @@ from simulators.modbus_devices import ModbusSimulators, modbus_simulators
 from simulators.mqtt_devices import DeviceSimulator, mqtt_simulators
 from simulators.scenarios import ScenarioRunner
 
-# A slow device answers this many times its timeout late (in real seconds).
-SLOW_FACTOR = 1.5
-
 _log = logging.getLogger("simulators.center")
 
 
@@ -56,10 +53,6 @@ class SimulatedCenter:
         port_for: Callable[[Device], int] | None = None,
     ) -> None:
         self._faults = faults or FaultPlan()
-        problems = self._faults.problems(site)
-        if problems:
-            raise ValueError("; ".join(problems))
-        self._speed = speed
         self.runner = ScenarioRunner(site, scenario, clock, seed, warmup=warmup)
         self.modbus: ModbusSimulators = modbus_simulators(
             site,
@@ -69,6 +62,7 @@ class SimulatedCenter:
             self._faults,
             host=modbus_host,
             port_for=port_for,
+            speed=speed,
         )
         self.mqtt: list[DeviceSimulator] = mqtt_simulators(
             site,
@@ -95,10 +89,6 @@ class SimulatedCenter:
     async def __aenter__(self) -> Self:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.modbus)
-            for device_id in self._faults.slow & self.modbus.devices.keys():
-                # The controller's timeout is real time, so the delay is too.
-                server = self.modbus.server(device_id)
-                server.set_delay(SLOW_FACTOR * server.device.timeout.total_seconds() * self._speed)
             stack.push_async_callback(self._stop_tasks)
             self._tasks.append(asyncio.create_task(self.runner.run(), name="scenario"))
             for simulator in self.mqtt:

@@ -414,8 +414,9 @@ class FaultSet(Protocol):
 
 
 # A slow device answers this many times its site-file ``timeout`` after each
-# request (in simulated seconds): late enough that the controller's requests
-# to it time out, as ``--faults slow=`` promises.
+# request: late enough that the controller's requests to it time out, as
+# ``--faults slow=`` promises. The controller's timeout is real time, so the
+# delay is too, whatever the simulation's speed.
 SLOW_FACTOR = 1.5
 # The exception a broken device answers with: 4, device failure.
 DEVICE_FAILURE = 4
@@ -440,14 +441,14 @@ class ModbusSimulators:
         devices: Iterable[SimulatedModbusDevice],
         faults: FaultSet | None = None,
         *,
-        slow_delay: float | None = None,
+        speed: float = 1.0,
         exception_code: int = DEVICE_FAILURE,
     ) -> None:
         self.devices: dict[str, SimulatedModbusDevice] = {
             device.server.device.id: device for device in devices
         }
         self._faults = faults
-        self._slow_delay = slow_delay
+        self._speed = speed
         self._exception_code = exception_code
         self._stack: contextlib.AsyncExitStack | None = None
 
@@ -492,10 +493,9 @@ class ModbusSimulators:
         if device_id in self._faults.dead:
             await server.set_dead(True)
         if device_id in self._faults.slow:
-            delay = self._slow_delay
-            if delay is None:
-                delay = SLOW_FACTOR * server.device.timeout.total_seconds()
-            server.set_delay(delay)
+            # The server waits on the simulation's clock: scale to real seconds.
+            real = SLOW_FACTOR * server.device.timeout.total_seconds()
+            server.set_delay(real * self._speed)
         if device_id in self._faults.exception:
             server.set_exception(self._exception_code)
 
@@ -509,7 +509,7 @@ def modbus_simulators(
     *,
     host: str = "127.0.0.1",
     port_for: Callable[[Device], int] | None = None,
-    slow_delay: float | None = None,
+    speed: float = 1.0,
     exception_code: int = DEVICE_FAILURE,
 ) -> ModbusSimulators:
     """A simulator for every Modbus device of ``site``, each on its own port.
@@ -519,8 +519,9 @@ def modbus_simulators(
     answers one unit id, so two devices at the same fixed port (several units
     behind one gateway) are refused here rather than failing to bind later.
     Fault ids that are not Modbus devices of the site are ignored: the same
-    plan also drives the MQTT fakes. A ``slow`` device answers ``slow_delay``
-    simulated seconds late, by default 1.5 times its own ``timeout``.
+    plan also drives the MQTT fakes. A ``slow`` device answers 1.5 times its
+    own ``timeout`` late in real seconds, ``clock`` running ``speed`` times
+    faster than real time.
     """
     built: list[SimulatedModbusDevice] = []
     taken: dict[int, str] = {}
@@ -541,7 +542,7 @@ def modbus_simulators(
             device, profiles[device.profile], host=host, port=port, clock=clock
         )
         built.append(SimulatedModbusDevice(server, _behaviour(device, server, world, clock)))
-    return ModbusSimulators(built, faults, slow_delay=slow_delay, exception_code=exception_code)
+    return ModbusSimulators(built, faults, speed=speed, exception_code=exception_code)
 
 
 def _behaviour(

@@ -32,7 +32,7 @@ from typing import ClassVar
 
 import orjson
 
-from controller.clock import Clock, ScaledClock
+from controller.clock import Clock, ScaledClock, sleep_or_wake
 from controller.ingest import availability_topic, command_topic, state_topic
 from controller.readings import LockState
 from controller.settings import MqttEndpoint
@@ -106,23 +106,6 @@ class SimStats:
     garbled: int = 0  # state messages the garbage fault replaced
     connects: int = 0
     commands: int = 0
-
-
-async def wait_or_sleep(clock: Clock, event: asyncio.Event, seconds: float) -> None:
-    """Return once ``event`` is set or ``seconds`` of ``clock`` time have passed."""
-    if event.is_set():
-        return
-    if seconds <= 0:
-        await clock.sleep(0)
-        return
-    sleeper = asyncio.ensure_future(clock.sleep(seconds))
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        sleeper.cancel()
-        waiter.cancel()
-        await asyncio.gather(sleeper, waiter, return_exceptions=True)
 
 
 class DeviceSimulator:
@@ -319,7 +302,7 @@ class DeviceSimulator:
                 else:
                     deadlines.append(gap_at)
             self._wake.clear()
-            await wait_or_sleep(clock, self._wake, min(deadlines) - now)
+            await sleep_or_wake(clock, self._wake, min(deadlines) - now)
 
     def _heartbeat_at(self) -> float:
         return -math.inf if self._last_sent is None else self._last_sent + self._interval

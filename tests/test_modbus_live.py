@@ -28,7 +28,7 @@ from controller.events import (
 )
 from controller.modbus_poller import ModbusDevices, PointWrite, WriteFailed
 from controller.readings import AcMode, AirConditionerReading, CabinetReading, FanSpeed
-from controller.site import Device, Site, parse_site
+from controller.site import Site, parse_site
 from drivers.modbus_profile import Profile, load_profiles
 from simulators.modbus_server import ModbusDeviceServer
 from tests.conftest import Broker, Probe, controller_settings, start_controller, wait_until
@@ -136,10 +136,6 @@ class Rig:
     devices: ModbusDevices
     recorder: Recorder
     servers: dict[str, ModbusDeviceServer]
-
-
-def free_site_device(site: Site, device_id: str) -> Device:
-    return next(device for device in site.devices if device.id == device_id)
 
 
 @asynccontextmanager

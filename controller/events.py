@@ -66,6 +66,17 @@ class DeviceStateChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class FireAlarmChanged:
+    """The site's fire-alarm state changed: True alarm, False clear, None unknown
+    (the panel is offline or not heard from). Published before the room states
+    it changes, so the fire rule acts first."""
+
+    alarm: bool | None
+    previous: bool | None
+    time: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class CommandUnconfirmed:
     """A command to a device that could not be confirmed after every try: an alarm.
 
@@ -87,5 +98,6 @@ Event = (
     | BadPayload
     | RoomStateChanged
     | DeviceStateChanged
+    | FireAlarmChanged
     | CommandUnconfirmed
 )

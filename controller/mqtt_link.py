@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -25,6 +26,17 @@ from controller.ingest import MqttIngest
 from controller.room_publisher import Delivery, RoomStatePublisher
 from controller.settings import MqttEndpoint
 from drivers.mqtt import MqttClient, MqttError, Will
+
+# Sends a command (QoS 1, not retained); False when there is no connection.
+SendCommand = Callable[[str, bytes], bool]
+
+
+class CommandListener(Protocol):
+    """Told when commands can be sent (each connect) and when they cannot."""
+
+    def connected(self, send: SendCommand) -> None: ...
+
+    def disconnected(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -75,6 +87,22 @@ class MqttLink:
         self.status = LinkStatus()
         self._client: MqttClient | None = None
         self._stopping = asyncio.Event()
+        self._command_listeners: list[CommandListener] = []
+
+    def add_command_listener(self, listener: CommandListener) -> None:
+        self._command_listeners.append(listener)
+
+    def send_command(self, topic: str, payload: bytes) -> bool:
+        """Queue a device command (QoS 1); False when disconnected, so the caller retries."""
+        client = self._client
+        if client is None or not client.is_connected:
+            return False
+        try:
+            client.publish_nowait(topic, payload, qos=1)
+        except MqttError as error:
+            self._logger.warning("could not send a command to %s: %s", topic, error)
+            return False
+        return True
 
     def _new_client(self) -> MqttClient:
         endpoint = self._endpoint
@@ -155,6 +183,8 @@ class MqttLink:
                 return client.publish_nowait(topic, payload, qos=1, retain=True)
 
             self._rooms.attach(publish_retained)
+            for listener in self._command_listeners:
+                listener.connected(self.send_command)
             consume = asyncio.create_task(self._consume(client), name="mqtt-ingest")
             stopping = asyncio.create_task(self._stopping.wait(), name="mqtt-stop")
             try:
@@ -182,6 +212,8 @@ class MqttLink:
     def _mark_down(self) -> None:
         self._client = None
         self._rooms.detach()
+        for listener in self._command_listeners:
+            listener.disconnected()
         self.status.connected = False
 
     async def _wait_or_stop(self, seconds: float) -> None:

@@ -23,11 +23,19 @@ from typing import Any
 
 from aiohttp import web
 
+from controller.access import AccessController
+from controller.access_store import AccessStore
+from controller.alarms import AlarmBook
+from controller.booking_store import BookingStore
+from controller.bookings import BookingService
 from controller.bus import EventBus
 from controller.clock import Clock
 from controller.command_alarms import CommandAlarms
+from controller.database import open_database
 from controller.diagnostics import BadPayloadLog
+from controller.event_log import EventLog
 from controller.ingest import MqttIngest
+from controller.locks import LockCommander
 from controller.modbus_poller import ModbusDevices
 from controller.mqtt_link import MqttLink
 from controller.room_publisher import RoomStatePublisher
@@ -35,9 +43,11 @@ from controller.settings import Settings
 from controller.silence import SilenceWatch
 from controller.site import Site
 from controller.state import LiveState
+from controller.webhooks import WebhookQueue
 from drivers.modbus_profile import Profile, load_profiles
 from web.app import create_app
 from web.auth import TokenAuth
+from web.services import Services
 
 
 class ConfigurationError(Exception):
@@ -90,7 +100,52 @@ class ControllerService:
             frozenset(device.id for device in site.devices),
             report=self.link.publish_event,
         )
-        self.command_alarms = CommandAlarms(self.bus, report=self.link.publish_event)
+        # Durable state: written before the actions it justifies (see controller.database).
+        self.db = open_database(settings.data_dir)
+        self.events = EventLog(self.db, clock)
+        self.events.listen(lambda event: self.link.publish_event(event.to_json()))
+        self.alarms = AlarmBook(self.db, self.events, clock)
+        self.command_alarms = CommandAlarms(self.bus, self.alarms)
+        try:
+            self.webhooks = WebhookQueue(
+                self.db,
+                clock,
+                url=settings.webhook_url,
+                secret=(
+                    settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+                ),
+                site_id=site_id,
+            )
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
+        self.access_store = AccessStore(self.db)
+        self.booking_store = BookingStore(self.db)
+        self.locks = LockCommander(
+            site,
+            self.prefix,
+            self.state,
+            self.bus,
+            clock,
+            self.events,
+            self.alarms,
+            fire_latched=lambda: self.access_store.latch.latched,
+        )
+        self.link.add_command_listener(self.locks)
+        self.access = AccessController(
+            site,
+            self.state,
+            self.bus,
+            clock,
+            bookings=self.booking_store,
+            access=self.access_store,
+            locks=self.locks,
+            events=self.events,
+            alarms=self.alarms,
+            webhooks=self.webhooks,
+        )
+        self.bookings = BookingService(
+            site, self.booking_store, self.events, changed=self.access.room_changed
+        )
         profiles = profiles if profiles is not None else load_profiles()
         unknown = sorted(
             {device.profile for device in site.devices if device.profile} - profiles.keys()
@@ -102,7 +157,20 @@ class ControllerService:
             self.state, self.bus, clock, missed=site.rules.offline_after_missed
         )
         self.auth = TokenAuth(settings.scopes_by_token())
-        self.app = create_app(site=site, state=self.state, health=self.health, auth=self.auth)
+        self.app = create_app(
+            site=site,
+            state=self.state,
+            health=self.health,
+            auth=self.auth,
+            services=Services(
+                bookings=self.bookings,
+                access=self.access,
+                events=self.events,
+                alarms=self.alarms,
+                clock=clock,
+            ),
+            version=_version(),
+        )
         self._started: datetime | None = None
         self.http_port: int | None = None
 
@@ -137,7 +205,10 @@ class ControllerService:
                 "event_handler_errors": self.bus.handler_errors,
             },
             "modbus": self.modbus.status(),
-            "commands_unconfirmed": self.command_alarms.to_json(),
+            "access": self.access.status(),
+            "locks": self.locks.status(),
+            "alarms": self.alarms.counts(),
+            "webhooks": self.webhooks.status(),
         }
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
@@ -152,6 +223,15 @@ class ControllerService:
             stack.callback(self.bad_payloads.stop)
             self.command_alarms.start()
             stack.callback(self.command_alarms.stop)
+            stack.callback(self.db.close)
+            pruned = self.events.prune()
+            if pruned:
+                self._logger.info("pruned %d events older than the event log keeps", pruned)
+            self.locks.start()
+            stack.callback(self.locks.stop)
+            self.access.start()
+            stack.callback(self.access.stop)
+            self.access.reconcile()
             if self.auth.open:
                 self._logger.warning(
                     "no CENTER_API_TOKENS configured: "
@@ -159,14 +239,19 @@ class ControllerService:
                 )
             await stack.enter_async_context(self._http())
             link_task = asyncio.create_task(self.link.run(), name="mqtt-link")
-            watch_task = asyncio.create_task(self.silence.run(), name="silence-watch")
-            modbus_task = asyncio.create_task(self.modbus.run(), name="modbus")
-            stack.push_async_callback(self._stop_tasks, link_task, watch_task, modbus_task)
+            workers = [
+                asyncio.create_task(self.silence.run(), name="silence-watch"),
+                asyncio.create_task(self.modbus.run(), name="modbus"),
+                asyncio.create_task(self.locks.run(), name="lock-commands"),
+                asyncio.create_task(self.access.run(), name="access-rules"),
+                asyncio.create_task(self.webhooks.run(), name="webhooks"),
+            ]
+            stack.push_async_callback(self._stop_tasks, link_task, workers)
             if ready is not None:
                 ready.set()
             stopped = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait(
-                (stopped, link_task, watch_task, modbus_task),
+                (stopped, link_task, *workers),
                 return_when=asyncio.FIRST_COMPLETED,
             )
             stopped.cancel()
@@ -175,13 +260,10 @@ class ControllerService:
             self._logger.info("stopping")
 
     async def _stop_tasks(
-        self,
-        link_task: asyncio.Task[None],
-        watch_task: asyncio.Task[None],
-        modbus_task: asyncio.Task[None],
+        self, link_task: asyncio.Task[None], workers: list[asyncio.Task[None]]
     ) -> None:
-        watch_task.cancel()
-        modbus_task.cancel()
+        for worker in workers:
+            worker.cancel()
         self.link.stop()
         try:
             async with asyncio.timeout(self._settings.shutdown_timeout):
@@ -191,10 +273,9 @@ class ControllerService:
                 "MQTT link did not stop within %.1f s", self._settings.shutdown_timeout
             )
             link_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watch_task
-        with contextlib.suppress(asyncio.CancelledError):
-            await modbus_task
+        for worker in workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
         with contextlib.suppress(asyncio.CancelledError):
             await link_task
 

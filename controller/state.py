@@ -25,6 +25,7 @@ from controller.events import (
     AvailabilityChanged,
     AvailabilitySource,
     DeviceStateChanged,
+    FireAlarmChanged,
     ReadingReceived,
     RoomStateChanged,
 )
@@ -230,6 +231,9 @@ class LiveState:
             previous_alarm = self._site_state.fire_alarm
             self._site_state = _derive_site(self._site_devices)
             if self._site_state.fire_alarm != previous_alarm:
+                self._bus.publish(
+                    FireAlarmChanged(self._site_state.fire_alarm, previous_alarm, now)
+                )
                 for room_id in self._rooms:
                     self._refresh_room(room_id, now)
         else:

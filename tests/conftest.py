@@ -192,6 +192,8 @@ def controller_settings(broker: Broker, **overrides: Any) -> Settings:
         "mqtt_reconnect_min": 0.05,
         "mqtt_reconnect_max": 0.5,
         "mqtt_keepalive": 5,
+        # Next to the broker's files: each test gets its own durable state.
+        "data_dir": broker.config.parent / "controller-data",
         **overrides,
     }
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

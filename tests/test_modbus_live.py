@@ -397,7 +397,7 @@ async def test_an_offline_device_is_retried_with_capped_backoff() -> None:
 
 
 @pytest.mark.broker
-async def test_an_unconfirmed_write_is_an_alarm_on_the_events_topic_and_in_health(
+async def test_an_unconfirmed_write_is_an_alarm_on_the_events_topic_and_in_the_alarm_list(
     broker: Broker, probe: Probe
 ) -> None:
     profiles = load_profiles()
@@ -419,10 +419,13 @@ async def test_an_unconfirmed_write_is_an_alarm_on_the_events_topic_and_in_healt
             body = await probe.next_payload(
                 events, lambda payload: b"command_unconfirmed" in payload
             )
-            alarm = json.loads(body)
-            assert alarm["device"] == "ac-1"
-            assert alarm["command"] == "power=true"
-            assert alarm["severity"] == "alarm"
-            assert controller.service.health()["commands_unconfirmed"]["total"] == 1
+            event = json.loads(body)
+            assert event["device"] == "ac-1"
+            assert event["details"]["command"] == "power=true"
+            assert event["severity"] == "alarm"
+            assert event["state"] == "active"
+            alarms = controller.service.alarms.query(kind="command_unconfirmed")
+            assert [(alarm.device, alarm.state) for alarm in alarms] == [("ac-1", "active")]
+            assert controller.service.health()["alarms"]["active"] == 1
         finally:
             await controller.shutdown()

@@ -11,11 +11,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from controller.bus import EventBus
+from controller.clock import VirtualClock
 from controller.events import AvailabilityChanged, AvailabilitySource, ReadingReceived
 from controller.readings import ClimateReading, LockReading, LockState, OccupancyReading
 from controller.settings import Settings
 from controller.site import Site
-from controller.state import LiveState
+from tests.access_rig import AccessRig
 from web.app import create_app
 from web.auth import TokenAuth
 
@@ -61,14 +62,18 @@ async def make_api(site: Site) -> AsyncIterator[MakeApi]:
     clients: list[TestClient[Any, Any]] = []
 
     async def make(tokens: str = "") -> Api:
-        bus = EventBus()
-        state = LiveState(site, bus)
-        state.start()
+        rig = AccessRig(site, VirtualClock(T0), data_dir=None)
+        rig.start()
+        bus, state = rig.bus, rig.state
         health = Health()
         # Through Settings, as the controller builds it: "staff" implies "read" there.
         settings = Settings(_env_file=None, api_tokens=tokens)  # type: ignore[call-arg, arg-type]
         app = create_app(
-            site=site, state=state, health=health, auth=TokenAuth(settings.scopes_by_token())
+            site=site,
+            state=state,
+            health=health,
+            auth=TokenAuth(settings.scopes_by_token()),
+            services=rig.services(),
         )
         client: TestClient[Any, Any] = TestClient(TestServer(app))
         await client.start_server()

@@ -14,20 +14,24 @@ from aiohttp import web
 from controller.settings import Scope
 from controller.site import Room, Site
 from controller.state import LiveState
+from web import access, bookings
+from web.app_keys import HEALTH, SITE, STATE, HealthReport
 from web.auth import TokenAuth, requires
-from web.errors import error_response
-
-HealthReport = Callable[[], dict[str, Any]]
-
-SITE = web.AppKey("site", Site)
-STATE = web.AppKey("state", LiveState)
-HEALTH: web.AppKey[HealthReport] = web.AppKey("health")
+from web.errors import ApiError, error_response
+from web.openapi import add_openapi_route, operation
+from web.services import SERVICES, Services
 
 MAX_BODY_BYTES = 64 * 1024
 
 
 def create_app(
-    *, site: Site, state: LiveState, health: HealthReport, auth: TokenAuth
+    *,
+    site: Site,
+    state: LiveState,
+    health: HealthReport,
+    auth: TokenAuth,
+    services: Services,
+    version: str = "dev",
 ) -> web.Application:
     app = web.Application(
         middlewares=[_json_errors, auth.middleware], client_max_size=MAX_BODY_BYTES
@@ -35,14 +39,28 @@ def create_app(
     app[SITE] = site
     app[STATE] = state
     app[HEALTH] = health
+    app[SERVICES] = services
     app.router.add_get("/api/health", get_health)
     app.router.add_get("/api/rooms", get_rooms)
     app.router.add_get("/api/rooms/{room}", get_room)
     app.router.add_get("/api/devices", get_devices)
+    bookings.add_routes(app)
+    access.add_routes(app)
+    add_openapi_route(
+        app,
+        title="center-controller API",
+        version=version,
+        description="Rooms, bookings, doors, alarms and events of one community service center.",
+    )
     return app
 
 
 @requires(None)
+@operation(
+    "Liveness and readiness, per part",
+    responses={200: "ok or degraded", 503: "down (no MQTT connection)"},
+    tags=["meta"],
+)
 async def get_health(request: web.Request) -> web.Response:
     report = request.app[HEALTH]()
     status = 503 if report.get("status") == "down" else 200
@@ -50,6 +68,7 @@ async def get_health(request: web.Request) -> web.Response:
 
 
 @requires(Scope.READ)
+@operation("Every room with its live state", responses={200: "rooms"}, tags=["rooms"])
 async def get_rooms(request: web.Request) -> web.Response:
     site = request.app[SITE]
     state = request.app[STATE]
@@ -68,6 +87,7 @@ async def get_rooms(request: web.Request) -> web.Response:
 
 
 @requires(Scope.READ)
+@operation("One room with its devices", responses={200: "the room"}, tags=["rooms"])
 async def get_room(request: web.Request) -> web.Response:
     site = request.app[SITE]
     room = site.room_by_id.get(request.match_info["room"])
@@ -79,6 +99,9 @@ async def get_room(request: web.Request) -> web.Response:
 
 
 @requires(Scope.READ)
+@operation(
+    "Every device with its health and last reading", responses={200: "devices"}, tags=["devices"]
+)
 async def get_devices(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return web.json_response({"devices": [device.to_json() for device in state.devices.values()]})
@@ -112,6 +135,8 @@ async def _json_errors(
     try:
         response: web.StreamResponse = await handler(request)
         return response
+    except ApiError as error:
+        return error_response(error.status, error.code, error.message, error.details)
     except web.HTTPException as error:
         if error.status < 400:
             raise
@@ -119,6 +144,7 @@ async def _json_errors(
             404: "not_found",
             405: "method_not_allowed",
             413: "too_large",
+            400: "malformed",
         }.get(error.status, "http_error")
         response = error_response(error.status, code, error.reason)
         if "Allow" in error.headers:

@@ -1,0 +1,182 @@
+"""The access rules wired as the controller wires them, on a virtual clock, without a broker.
+
+Everything is real (SQLite, the event log, alarms, the webhook queue, the
+lock commander, the rules) except the MQTT connection: commands are recorded
+instead of published, and device reports are put on the bus as the ingest
+would. Tests through a real broker and the lock simulators are in
+``test_access_live.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from controller.access import AccessController
+from controller.access_store import AccessStore
+from controller.alarms import AlarmBook
+from controller.booking_store import BookingStore
+from controller.bookings import BookingRequest, BookingService
+from controller.bus import EventBus
+from controller.clock import VirtualClock
+from controller.database import open_database
+from controller.event_log import EventLog
+from controller.events import AvailabilityChanged, AvailabilitySource, ReadingReceived
+from controller.ingest import command_topic
+from controller.locks import LockCommander
+from controller.readings import FireAlarmReading, LockReading, LockState, OccupancyReading
+from controller.site import DeviceKind, Site
+from controller.state import LiveState
+from controller.webhooks import WebhookQueue
+from rules.bookings import Booking
+from web.services import Services
+
+PREFIX = "center/changbai"
+
+
+@dataclass
+class AccessRig:
+    site: Site
+    clock: VirtualClock
+    data_dir: Path | None
+    webhook_url: str | None = None
+    connected: bool = True
+    sent: list[tuple[str, str]] = field(default_factory=list)  # (device, LOCK|UNLOCK)
+
+    def __post_init__(self) -> None:
+        site, clock = self.site, self.clock
+        self.bus = EventBus()
+        self.state = LiveState(site, self.bus)
+        self.db = open_database(self.data_dir)
+        self.events = EventLog(self.db, clock)
+        self.alarms = AlarmBook(self.db, self.events, clock)
+        self.webhooks = WebhookQueue(
+            self.db,
+            clock,
+            url=self.webhook_url,
+            secret="s3cret" if self.webhook_url else None,
+            site_id=site.site.id,
+        )
+        self.access_store = AccessStore(self.db)
+        self.booking_store = BookingStore(self.db)
+        self.locks = LockCommander(
+            site,
+            PREFIX,
+            self.state,
+            self.bus,
+            clock,
+            self.events,
+            self.alarms,
+            fire_latched=lambda: self.access_store.latch.latched,
+            settle=0.0,
+        )
+        self.access = AccessController(
+            site,
+            self.state,
+            self.bus,
+            clock,
+            bookings=self.booking_store,
+            access=self.access_store,
+            locks=self.locks,
+            events=self.events,
+            alarms=self.alarms,
+            webhooks=self.webhooks,
+        )
+        self.bookings = BookingService(
+            site, self.booking_store, self.events, changed=self.access.room_changed
+        )
+        self._topics = {
+            command_topic(device, PREFIX): device.id
+            for device in site.devices
+            if device.kind is DeviceKind.LOCK
+        }
+
+    def start(self) -> None:
+        self.state.start()
+        self.locks.start()
+        self.access.start()
+        self.access.reconcile()
+        if self.connected:
+            self.locks.connected(self.send)
+
+    def stop(self) -> None:
+        self.access.stop()
+        self.locks.stop()
+        self.state.stop()
+        self.db.close()
+
+    def services(self) -> Services:
+        return Services(
+            bookings=self.bookings,
+            access=self.access,
+            events=self.events,
+            alarms=self.alarms,
+            clock=self.clock,
+        )
+
+    # -- the MQTT side ------------------------------------------------------
+
+    def send(self, topic: str, payload: bytes) -> bool:
+        command = orjson.loads(payload)["state"]
+        self.sent.append((self._topics[topic], command))
+        return True
+
+    def commands(self, device_id: str) -> list[str]:
+        return [command for device, command in self.sent if device == device_id]
+
+    def report(self, device_id: str, reading: Any, *, retained: bool = False) -> None:
+        self.bus.publish(ReadingReceived(device_id, reading, self.clock.now(), retained))
+
+    def lock_reports(self, device_id: str, state: LockState, door: str = "closed") -> None:
+        from controller.readings import DoorState
+
+        self.report(device_id, LockReading(state, DoorState(door)))
+
+    def obey_locks(self) -> None:
+        """Every lock reports the state its last command asked for."""
+        latest: dict[str, str] = {}
+        for device, command in self.sent:
+            latest[device] = command
+        for device, command in latest.items():
+            wanted = LockState.LOCKED if command == "LOCK" else LockState.UNLOCKED
+            reading = self.state.device(device).reading
+            if not isinstance(reading, LockReading) or reading.state is not wanted:
+                self.lock_reports(device, wanted)
+
+    def occupancy(self, room: str, occupied: bool, count: int | None = None) -> None:
+        self.report(f"occ-{room}", OccupancyReading(occupied, count))
+
+    def fire(self, alarm: bool) -> None:
+        self.report("fire-panel", FireAlarmReading(alarm))
+
+    def availability(self, device_id: str, online: bool) -> None:
+        self.bus.publish(
+            AvailabilityChanged(device_id, online, AvailabilitySource.LWT, self.clock.now())
+        )
+
+    # -- bookings -------------------------------------------------------------
+
+    def book(
+        self, booking_id: str, room: str, start: datetime, end: datetime, **extra: Any
+    ) -> Booking:
+        booking, _ = self.bookings.put(
+            booking_id, BookingRequest(room=room, start=start, end=end, **extra), self.clock.now()
+        )
+        return booking
+
+    def status(self, booking_id: str) -> str:
+        booking = self.booking_store.get(booking_id)
+        assert booking is not None
+        return booking.status.value
+
+    def lock_state(self, device_id: str) -> LockState | None:
+        reading = self.state.device(device_id).reading
+        return reading.state if isinstance(reading, LockReading) else None
+
+    def webhook_types(self) -> list[str]:
+        rows = self.db.execute("SELECT body FROM webhook_deliveries ORDER BY seq").fetchall()
+        return [orjson.loads(row[0])["type"] for row in rows]

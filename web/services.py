@@ -1,0 +1,25 @@
+"""What the API's handlers act through, under one typed app key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from controller.access import AccessController
+from controller.alarms import AlarmBook
+from controller.bookings import BookingService
+from controller.clock import Clock
+from controller.event_log import EventLog
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    bookings: BookingService
+    access: AccessController
+    events: EventLog
+    alarms: AlarmBook
+    clock: Clock
+
+
+SERVICES = web.AppKey("services", Services)

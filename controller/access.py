@@ -181,7 +181,7 @@ class AccessController:
         if room_id in self._rooms:
             self.evaluate(room_id, self._clock.now())
 
-    def evaluate(self, room_id: str, now: datetime) -> Decision:
+    def evaluate(self, room_id: str, now: datetime, *, force: bool = False) -> Decision:
         """Re-decide one room: booking transitions first, then its locks."""
         room = self._rooms[room_id]
         room_state = self._state.room(room_id)
@@ -217,7 +217,7 @@ class AccessController:
         else:
             self._next_check.pop(room_id, None)
         self._wake.set()
-        self._apply(room_id, decision)
+        self._apply(room_id, decision, force=force)
         self._overstay(room_id, decision)
         return decision
 
@@ -242,7 +242,7 @@ class AccessController:
             )
         return updated
 
-    def _apply(self, room_id: str, decision: Decision) -> None:
+    def _apply(self, room_id: str, decision: Decision, *, force: bool = False) -> None:
         previous = self._decisions.get(room_id)
         self._decisions[room_id] = decision
         changed = previous is None or (previous.intent, previous.cause, previous.booking_id) != (
@@ -259,7 +259,7 @@ class AccessController:
                 details={"intent": decision.intent.value, "cause": decision.cause.value},
             )
         for device_id in self._room_locks[room_id]:
-            self._locks.want(device_id, decision.intent, decision.describe())
+            self._locks.want(device_id, decision.intent, decision.describe(), force=force)
 
     def _overstay(self, room_id: str, decision: Decision) -> None:
         if decision.overstay is not None:
@@ -295,7 +295,8 @@ class AccessController:
             self._access.set_latch(FireLatch(latched_at=event.time))
             with self._locks.batch():
                 for room_id in self._rooms:
-                    self.evaluate(room_id, event.time)
+                    # Every lock is told, even one that reports unlocked already.
+                    self.evaluate(room_id, event.time, force=True)
             self._alarms.raise_alarm(
                 "fire_alarm",
                 "site",

@@ -62,6 +62,7 @@ class _Target:
     sent_at: float | None = None  # clock.monotonic() of the last send
     deadline: float | None = None  # when the last send counts as unconfirmed
     confirmed: bool = False
+    force: bool = False  # send even if the lock already reports the wanted state
     failed: bool = False  # every try spent; waits for a reading, a reconnect or a new target
 
 
@@ -139,15 +140,16 @@ class LockCommander:
 
     # -- targets -----------------------------------------------------------
 
-    def want(self, device_id: str, intent: LockIntent, reason: str) -> None:
-        """Drive ``device_id`` to ``intent``; nothing is sent if it is there already."""
+    def want(self, device_id: str, intent: LockIntent, reason: str, *, force: bool = False) -> None:
+        """Drive ``device_id`` to ``intent``; nothing is sent if it is there already,
+        unless ``force`` (the fire alarm: a report may be old, a command costs nothing)."""
         if intent is LockIntent.LOCK and self._fire_latched():
             raise FireLatched(f"{device_id}: no lock may be locked while the fire latch is set")
         current = self._targets.get(device_id)
-        if current is not None and current.intent is intent:
+        if current is not None and current.intent is intent and not force:
             return
         device = self._locks[device_id]
-        target = _Target(intent, reason, device.room, self._clock.now())
+        target = _Target(intent, reason, device.room, self._clock.now(), force=force)
         self._targets[device_id] = target
         self._drive(device_id, target)
 
@@ -167,8 +169,8 @@ class LockCommander:
 
     def _drive(self, device_id: str, target: _Target) -> None:
         read = self._read(device_id)
-        if read is _WANTED_STATE[target.intent]:
-            self._confirm(device_id, target, already=True)
+        if read is _WANTED_STATE[target.intent] and not target.force:
+            self._confirm(device_id, target)
             return
         target.confirmed = False
         if target.failed:
@@ -184,6 +186,7 @@ class LockCommander:
         payload = orjson.dumps({"state": target.intent.value})
         if not send(self._topics[device_id], payload):
             return
+        target.force = False
         target.attempts += 1
         target.sent_at = now
         target.deadline = now + self._timeout
@@ -219,7 +222,7 @@ class LockCommander:
                 details={"command": intent.value, "try": attempt, "reason": reason},
             )
 
-    def _confirm(self, device_id: str, target: _Target, *, already: bool = False) -> None:
+    def _confirm(self, device_id: str, target: _Target) -> None:
         if target.confirmed:
             return
         target.confirmed = True
@@ -289,6 +292,9 @@ class LockCommander:
 
     def _expired(self, device_id: str, target: _Target) -> None:
         target.deadline = None
+        if target.attempts and self._read(device_id) is _WANTED_STATE[target.intent]:
+            self._confirm(device_id, target)  # it is there, and said so before our command
+            return
         if target.attempts < self._tries:
             self._drive(device_id, target)
             return

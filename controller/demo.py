@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, time
@@ -138,6 +139,7 @@ async def demo(
     site = center.site
     clock = simulation_clock(site, options, demo=True)
     async with (
+        _data_dir(settings) as data_dir,
         _broker(settings) as broker_url,
         _simulated_center(
             center,
@@ -154,7 +156,7 @@ async def demo(
         token = None if settings.api_tokens else secrets.token_urlsafe(18)
         tokens = {SecretStr(token): ["staff"]} if token else settings.api_tokens
         demo_settings = settings.model_copy(
-            update={"mqtt_url": SecretStr(broker_url), "api_tokens": tokens}
+            update={"mqtt_url": SecretStr(broker_url), "api_tokens": tokens, "data_dir": data_dir}
         )
         service = ControllerService(
             demo_settings,
@@ -178,6 +180,20 @@ async def demo(
         await controller
         if parts in done:
             parts.result()
+
+
+@contextlib.asynccontextmanager
+async def _data_dir(settings: Settings) -> AsyncIterator[Path]:
+    """``CENTER_DATA_DIR`` when set; else a fresh directory for this run only.
+
+    The simulated day starts anew each run; bookings, alarms and events from
+    an earlier run's day would only confuse it.
+    """
+    if "data_dir" in settings.model_fields_set:
+        yield settings.data_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="centerctl-demo-") as directory:
+        yield Path(directory)
 
 
 @contextlib.asynccontextmanager

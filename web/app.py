@@ -7,10 +7,12 @@ here reaches into globals, so a test builds an app around any state it likes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
 
+from controller.bookings import booking_json
 from controller.settings import Scope
 from controller.site import Room, Site
 from controller.state import LiveState
@@ -81,7 +83,10 @@ async def get_rooms(request: web.Request) -> web.Response:
                 "timezone": site.site.timezone,
                 "state": state.site_state.to_json(),
             },
-            "rooms": [_room_json(room, state, with_devices=False) for room in site.rooms],
+            "rooms": [
+                _room_json(room, state, request.app[SERVICES], with_devices=False)
+                for room in site.rooms
+            ],
         }
     )
 
@@ -95,7 +100,9 @@ async def get_room(request: web.Request) -> web.Response:
         return error_response(
             404, "not_found", "no such room", {"room": request.match_info["room"]}
         )
-    return web.json_response(_room_json(room, request.app[STATE], with_devices=True))
+    return web.json_response(
+        _room_json(room, request.app[STATE], request.app[SERVICES], with_devices=True)
+    )
 
 
 @requires(Scope.READ)
@@ -107,9 +114,12 @@ async def get_devices(request: web.Request) -> web.Response:
     return web.json_response({"devices": [device.to_json() for device in state.devices.values()]})
 
 
-def _room_json(room: Room, state: LiveState, *, with_devices: bool) -> dict[str, Any]:
+def _room_json(
+    room: Room, state: LiveState, services: Services, *, with_devices: bool
+) -> dict[str, Any]:
     updated = state.room_updated(room.id)
     devices = list(state.devices_in(room.id))
+    decision = services.access.decision(room.id)
     return {
         "id": room.id,
         "name": room.name,
@@ -119,12 +129,38 @@ def _room_json(room: Room, state: LiveState, *, with_devices: bool) -> dict[str,
         "always_open": room.always_open,
         "state": state.room(room.id).to_json(),
         "updated": updated.isoformat() if updated else None,
+        "access": (
+            None
+            if decision is None
+            else {
+                "intent": decision.intent.value,
+                "cause": decision.cause.value,
+                "booking_id": decision.booking_id,
+                "until": decision.until.isoformat() if decision.until else None,
+            }
+        ),
+        "booking": _bookings_now(room.id, services),
         "devices": (
             [device.to_json() for device in devices]
             if with_devices
             else [device.device.id for device in devices]
         ),
     }
+
+
+def _bookings_now(room_id: str, services: Services) -> dict[str, Any]:
+    """The booking holding the room now and the next one today, if any."""
+    now = services.clock.now()
+    current = upcoming = None
+    for booking in services.bookings.between(now, now + timedelta(days=1), room_id):
+        if not booking.holds_slot:
+            continue
+        if booking.start <= now and current is None:
+            current = booking_json(booking)
+        elif booking.start > now:
+            upcoming = booking_json(booking)
+            break
+    return {"current": current, "next": upcoming}
 
 
 @web.middleware

@@ -34,7 +34,7 @@ from controller.locks import LockCommander
 from controller.site import DeviceKind, Room, Site
 from controller.state import LiveState
 from controller.webhooks import WebhookQueue
-from rules.access import Decision, LockIntent, RoomFacts, StaffOverride, decide
+from rules.access import Cause, Decision, LockIntent, RoomFacts, StaffOverride, decide
 from rules.bookings import Booking, Step, Transition, next_deadline, transitions
 from rules.fire import FireLatch, reset_refusal, should_latch
 
@@ -172,6 +172,15 @@ class AccessController:
                 "the fire latch is set since %s: every lock stays unlocked until reset",
                 latch.latched_at.isoformat() if latch.latched_at else "?",
             )
+        # Bookings that ran entirely while the controller was down are past
+        # what evaluate() looks at: bring their facts up to date first. Their
+        # occupancy was not watched, so none becomes a no-show.
+        for booking in self._bookings.unfinished():
+            if booking.room in self._rooms and booking.effective_end <= now:
+                for step in transitions(
+                    booking, None, now, no_show_after=self._rules.no_show_after
+                ):
+                    booking = self._record(booking, step)
         with self._locks.batch():
             for room_id in self._rooms:
                 self.evaluate(room_id, now)
@@ -181,7 +190,7 @@ class AccessController:
         if room_id in self._rooms:
             self.evaluate(room_id, self._clock.now())
 
-    def evaluate(self, room_id: str, now: datetime, *, force: bool = False) -> Decision:
+    def evaluate(self, room_id: str, now: datetime) -> Decision:
         """Re-decide one room: booking transitions first, then its locks."""
         room = self._rooms[room_id]
         room_state = self._state.room(room_id)
@@ -191,7 +200,13 @@ class AccessController:
         moments: list[datetime] = []
         updated: list[Booking] = []
         for booking in relevant:
-            steps = transitions(booking, occupied, now, no_show_after=self._rules.no_show_after)
+            steps = transitions(
+                booking,
+                occupied,
+                now,
+                no_show_after=self._rules.no_show_after,
+                occupied_since=room_state.since,
+            )
             for step in steps:
                 booking = self._record(booking, step)
             updated.append(booking)
@@ -217,7 +232,7 @@ class AccessController:
         else:
             self._next_check.pop(room_id, None)
         self._wake.set()
-        self._apply(room_id, decision, force=force)
+        self._apply(room_id, decision)
         self._overstay(room_id, decision)
         return decision
 
@@ -242,7 +257,7 @@ class AccessController:
             )
         return updated
 
-    def _apply(self, room_id: str, decision: Decision, *, force: bool = False) -> None:
+    def _apply(self, room_id: str, decision: Decision) -> None:
         previous = self._decisions.get(room_id)
         self._decisions[room_id] = decision
         changed = previous is None or (previous.intent, previous.cause, previous.booking_id) != (
@@ -250,6 +265,8 @@ class AccessController:
             decision.cause,
             decision.booking_id,
         )
+        for device_id in self._room_locks[room_id]:
+            self._locks.want(device_id, decision.intent, decision.describe())
         if changed and self._room_locks[room_id]:
             self._events.record(
                 "access_decision",
@@ -258,8 +275,6 @@ class AccessController:
                 booking_id=decision.booking_id,
                 details={"intent": decision.intent.value, "cause": decision.cause.value},
             )
-        for device_id in self._room_locks[room_id]:
-            self._locks.want(device_id, decision.intent, decision.describe(), force=force)
 
     def _overstay(self, room_id: str, decision: Decision) -> None:
         if decision.overstay is not None:
@@ -293,10 +308,15 @@ class AccessController:
         latch = self._access.latch
         if should_latch(latch, event.alarm):
             self._access.set_latch(FireLatch(latched_at=event.time))
+            # First every lock is told, even one that reports unlocked already,
+            # with nothing else in between; then the rooms are re-decided and
+            # everything is logged.
+            reason = Decision(LockIntent.UNLOCK, Cause.FIRE_ALARM).describe()
             with self._locks.batch():
+                for device_id in self._locks.lock_ids:
+                    self._locks.want(device_id, LockIntent.UNLOCK, reason, force=True)
                 for room_id in self._rooms:
-                    # Every lock is told, even one that reports unlocked already.
-                    self.evaluate(room_id, event.time, force=True)
+                    self.evaluate(room_id, event.time)
             self._alarms.raise_alarm(
                 "fire_alarm",
                 "site",
@@ -381,7 +401,12 @@ class AccessController:
                 severity=Severity.WARNING,
                 details={"by": by, "action": "fire_reset"},
             )
-            raise AccessRefused("fire_alarm_active", f"cannot reset: {refusal}")
+            code = (
+                "fire_alarm_active"
+                if self._state.site_state.fire_alarm is True
+                else "fire_panel_unknown"
+            )
+            raise AccessRefused(code, f"cannot reset: {refusal}")
         if not latch.latched:
             return latch
         released = FireLatch(latched_at=None, reset_at=now, reset_by=by)

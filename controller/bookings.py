@@ -146,7 +146,8 @@ class BookingService:
         if existing is not None and existing.room != booking.room:
             self._changed(existing.room)
         self._changed(booking.room)
-        return booking, existing is None
+        # As the rules left it: a walk-in booking is already active.
+        return self._store.get(booking_id) or booking, existing is None
 
     def cancel(self, booking_id: str, now: datetime) -> Booking:
         booking = self._store.get(booking_id)
@@ -154,6 +155,13 @@ class BookingService:
             raise BookingRefused(404, "not_found", "no such booking", {"booking_id": booking_id})
         if booking.finished or booking.cancelled_at is not None:
             return booking
+        if booking.started_at is None and booking.start <= now:
+            # Its start is due but not yet recorded: record it first, so that
+            # cancelling a booking that is running ends it rather than voids it.
+            self._changed(booking.room)
+            booking = self._store.get(booking_id) or booking
+            if booking.finished:
+                return booking
         cancelled = self._store.cancel(booking, now)
         running = booking.started_at is not None
         self._events.record(
@@ -179,7 +187,8 @@ class BookingService:
         if request.end <= now:
             problems.append({"field": "end", "message": "is in the past"})
         started = existing is not None and existing.started_at is not None
-        if existing is None and request.start < now - PAST_TOLERANCE:
+        moved = existing is None or request.start != existing.start
+        if moved and request.start < now - PAST_TOLERANCE:
             problems.append({"field": "start", "message": "is in the past"})
         if started and existing is not None:
             if request.room != existing.room:

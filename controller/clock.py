@@ -149,7 +149,12 @@ class VirtualClock:
         await _settle()
 
 
-async def _settle(rounds: int = 5) -> None:
-    """Let tasks woken by the clock run until they block again."""
+async def _settle(rounds: int = 20) -> None:
+    """Let tasks woken by the clock run until they block again.
+
+    A woken loop that waits again through :func:`sleep_or_wake` needs about
+    seven turns of the event loop before its next sleep is registered; fewer
+    rounds would let a long ``advance()`` run past that sleep's deadline.
+    """
     for _ in range(rounds):
         await asyncio.sleep(0)

@@ -63,8 +63,9 @@ class Booking:
             return BookingStatus.NO_SHOW
         if self.ended_at is not None:
             return BookingStatus.ENDED
-        if self.cancelled_at is not None:
-            return BookingStatus.CANCELLED if self.started_at is None else BookingStatus.ENDED
+        if self.cancelled_at is not None and self.started_at is None:
+            return BookingStatus.CANCELLED
+        # Cancelled while running: it runs until its end is recorded, at once.
         if self.checked_in_at is not None:
             return BookingStatus.CHECKED_IN
         if self.started_at is not None:
@@ -108,19 +109,26 @@ class Step:
 
 
 def transitions(
-    booking: Booking, occupied: bool | None, now: datetime, *, no_show_after: timedelta
+    booking: Booking,
+    occupied: bool | None,
+    now: datetime,
+    *,
+    no_show_after: timedelta,
+    occupied_since: datetime | None = None,
 ) -> list[Step]:
     """The transitions that hold at ``now`` and have not been recorded yet, in order.
 
-    ``occupied`` is the room's occupancy now; None when no sensor can say.
+    ``occupied`` is the room's occupancy now, None when no sensor can say;
+    ``occupied_since`` when it last changed to that value (None: unknown).
 
     - started: at ``start``, unless cancelled before.
     - checked in: the room is occupied at some moment between start and the
       effective end. People who came early are checked in at the start.
-    - no-show: nobody was seen by ``start + no_show_after``, and the room is
-      known to be empty then. With the occupancy unknown (sensor offline, or
-      the controller was down) nobody is released: locking out people who did
-      come is worse than holding an empty room until its end.
+    - no-show: nobody was seen by ``start + no_show_after``, and the room was
+      known to be empty at that moment (empty since before it, and still).
+      With the occupancy unknown then (sensor offline, or the controller was
+      down) nobody is released, even if the room is seen empty later: locking
+      out people who did come is worse than holding an empty room until its end.
     - ended: at the effective end (the end, or the cancellation of a running
       booking). A no-show does not end again.
 
@@ -144,7 +152,12 @@ def transitions(
         else:
             checked_in = False
         deadline = booking.start + no_show_after
-        if not checked_in and occupied is False and deadline <= now < end:
+        if (
+            not checked_in
+            and occupied is False
+            and occupied_since is not None
+            and occupied_since <= deadline <= now < end
+        ):
             steps.append(Step(Transition.NO_SHOW, deadline))
             return steps
     if now >= end:

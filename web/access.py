@@ -6,14 +6,14 @@ from datetime import datetime
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from controller.access import AccessRefused
 from controller.alarms import AlarmState
 from controller.settings import Scope
 from web.app_keys import SITE
 from web.auth import principal, requires
-from web.bodies import read_body, read_query
+from web.bodies import ApiTime, read_body, read_query
 from web.errors import ApiError
 from web.openapi import operation
 from web.services import SERVICES
@@ -50,7 +50,7 @@ class FireLatchOut(BaseModel):
 class EventQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    since: AwareDatetime | None = Field(default=None, description="events at or after this time")
+    since: ApiTime | None = Field(default=None, description="events at or after this time")
     kind: str | None = Field(default=None, description="one kind, or several comma-separated")
     room: str | None = None
     limit: int = Field(default=200, ge=1, le=1000)
@@ -151,6 +151,10 @@ async def post_fire_reset(request: web.Request) -> web.Response:
 )
 async def get_events(request: web.Request) -> web.Response:
     query = read_query(request, EventQuery)
+    if query.room is not None and query.room not in request.app[SITE].room_by_id:
+        raise ApiError(
+            422, "invalid", "no such room", [{"field": "room", "message": "no such room"}]
+        )
     events = request.app[SERVICES].events.query(
         since=query.since, kind=query.kind, room=query.room, limit=query.limit
     )
@@ -185,7 +189,7 @@ async def get_alarms(request: web.Request) -> web.Response:
 async def post_ack(request: web.Request) -> web.Response:
     raw = request.match_info["alarm_id"]
     alarms = request.app[SERVICES].alarms
-    alarm_id = int(raw) if raw.isdigit() and len(raw) < 19 else None
+    alarm_id = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
     if alarm_id is None or alarms.get(alarm_id) is None:
         raise ApiError(404, "not_found", "no such alarm", {"alarm_id": raw})
     alarm = alarms.ack(alarm_id, principal(request))

@@ -182,7 +182,12 @@ async def _json_errors(
             413: "too_large",
             400: "malformed",
         }.get(error.status, "http_error")
-        response = error_response(error.status, code, error.reason)
+        if error.status == 413:
+            response = error_response(
+                413, code, "the request body is over 64 KiB", {"limit_bytes": MAX_BODY_BYTES}
+            )
+        else:
+            response = error_response(error.status, code, error.reason)
         if "Allow" in error.headers:
             response.headers["Allow"] = error.headers["Allow"]
         return response

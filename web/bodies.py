@@ -8,14 +8,27 @@ reaches a rule.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ValidationError
+from pydantic_core import PydanticCustomError
 
 from web.errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _plausible(value: datetime) -> datetime:
+    # Far-off years are typing errors, and arithmetic near year 1 or 9999 overflows.
+    if not 2000 <= value.year <= 2200:
+        raise PydanticCustomError("time_range", "must be between the years 2000 and 2200")
+    return value
+
+
+ApiTime = Annotated[AwareDatetime, AfterValidator(_plausible)]
+"""A time on the API: with its UTC offset, in a plausible range."""
 
 
 async def read_body(request: web.Request, model: type[M], *, optional: bool = False) -> M:

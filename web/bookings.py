@@ -6,14 +6,14 @@ import re
 from datetime import datetime, timedelta
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from controller.bookings import BookingRefused, BookingRequest, booking_json
 from controller.settings import Scope
 from rules.access import opening
 from web.app_keys import SITE
 from web.auth import requires
-from web.bodies import read_body, read_query
+from web.bodies import ApiTime, read_body, read_query
 from web.errors import ApiError
 from web.openapi import operation
 from web.services import SERVICES
@@ -28,8 +28,8 @@ class BookingBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     room: str = Field(min_length=1, max_length=64, description="a bookable room's id")
-    start: AwareDatetime
-    end: AwareDatetime
+    start: ApiTime
+    end: ApiTime
     title: str = Field(default="", max_length=200)
     organizer: str = Field(default="", max_length=200)
     expected_attendees: int | None = Field(default=None, ge=0, le=100_000)
@@ -39,10 +39,10 @@ class BookingQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     room: str | None = Field(default=None, description="only this room")
-    from_: AwareDatetime | None = Field(
+    from_: ApiTime | None = Field(
         default=None, alias="from", description="default: today's start in the site's zone"
     )
-    to: AwareDatetime | None = Field(default=None, description="default: one day after from")
+    to: ApiTime | None = Field(default=None, description="default: one day after from")
 
 
 class BookingOut(BaseModel):

@@ -113,6 +113,7 @@ class WebhookQueue:
         backoff_max: float = 300.0,
         timeout: float = 10.0,
         max_pending: int = 100_000,
+        jitter: float = 0.2,
         logger: logging.Logger | None = None,
     ) -> None:
         if url is not None:
@@ -127,6 +128,9 @@ class WebhookQueue:
             self._url_for_logs = ""
         if not 0 < backoff_min <= backoff_max:
             raise ValueError("need 0 < backoff_min <= backoff_max")
+        if not 0 <= jitter < 1:
+            raise ValueError("need 0 <= jitter < 1")
+        self._jitter = jitter
         if not timeout > 0:
             raise ValueError("timeout must be greater than 0")
         if max_pending < 1:
@@ -248,7 +252,9 @@ class WebhookQueue:
                     head = self._head()
                 except sqlite3.Error as error:
                     self._logger.error("webhook queue: cannot read the database: %s", error)
-                    await self._clock.sleep(delay * random.uniform(0.8, 1.2))
+                    await self._clock.sleep(
+                        delay * random.uniform(1 - self._jitter, 1 + self._jitter)
+                    )
                     delay = min(delay * 2, self._backoff_max)
                     continue
                 if head is None:
@@ -264,7 +270,7 @@ class WebhookQueue:
                     self._failed(head, error_text)
                 except sqlite3.Error as error:
                     self._logger.error("webhook queue: cannot update the database: %s", error)
-                await self._clock.sleep(delay * random.uniform(0.8, 1.2))
+                await self._clock.sleep(delay * random.uniform(1 - self._jitter, 1 + self._jitter))
                 delay = min(delay * 2, self._backoff_max)
 
     async def _database_free(self) -> None:

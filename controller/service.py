@@ -23,11 +23,8 @@ from typing import Any
 
 from aiohttp import web
 
-from controller.access import AccessController
-from controller.access_store import AccessStore
+from controller.access_parts import build_access
 from controller.alarms import AlarmBook
-from controller.booking_store import BookingStore
-from controller.bookings import BookingService
 from controller.bus import EventBus
 from controller.clock import Clock
 from controller.command_alarms import CommandAlarms
@@ -35,7 +32,6 @@ from controller.database import open_database
 from controller.diagnostics import BadPayloadLog
 from controller.event_log import EventLog
 from controller.ingest import MqttIngest
-from controller.locks import LockCommander
 from controller.modbus_poller import ModbusDevices
 from controller.mqtt_link import MqttLink
 from controller.room_publisher import RoomStatePublisher
@@ -118,34 +114,23 @@ class ControllerService:
             )
         except ValueError as error:
             raise ConfigurationError(str(error)) from None
-        self.access_store = AccessStore(self.db)
-        self.booking_store = BookingStore(self.db)
-        self.locks = LockCommander(
+        parts = build_access(
             site,
             self.prefix,
             self.state,
             self.bus,
             clock,
-            self.events,
-            self.alarms,
-            fire_latched=lambda: self.access_store.latch.latched,
-        )
-        self.link.add_command_listener(self.locks)
-        self.access = AccessController(
-            site,
-            self.state,
-            self.bus,
-            clock,
-            bookings=self.booking_store,
-            access=self.access_store,
-            locks=self.locks,
+            db=self.db,
             events=self.events,
             alarms=self.alarms,
             webhooks=self.webhooks,
         )
-        self.bookings = BookingService(
-            site, self.booking_store, self.events, changed=self.access.room_changed
-        )
+        self.access_store = parts.access_store
+        self.booking_store = parts.booking_store
+        self.locks = parts.locks
+        self.access = parts.access
+        self.bookings = parts.bookings
+        self.link.add_command_listener(self.locks)
         profiles = profiles if profiles is not None else load_profiles()
         unknown = sorted(
             {device.profile for device in site.devices if device.profile} - profiles.keys()

@@ -16,18 +16,15 @@ from typing import Any
 
 import orjson
 
-from controller.access import AccessController
-from controller.access_store import AccessStore
+from controller.access_parts import build_access
 from controller.alarms import AlarmBook
-from controller.booking_store import BookingStore
-from controller.bookings import BookingRequest, BookingService
+from controller.bookings import BookingRequest
 from controller.bus import EventBus
 from controller.clock import VirtualClock
 from controller.database import open_database
 from controller.event_log import EventLog
 from controller.events import AvailabilityChanged, AvailabilitySource, ReadingReceived
 from controller.ingest import command_topic
-from controller.locks import LockCommander
 from controller.readings import FireAlarmReading, LockReading, LockState, OccupancyReading
 from controller.site import DeviceKind, Site
 from controller.state import LiveState
@@ -61,34 +58,23 @@ class AccessRig:
             secret="s3cret" if self.webhook_url else None,
             site_id=site.site.id,
         )
-        self.access_store = AccessStore(self.db)
-        self.booking_store = BookingStore(self.db)
-        self.locks = LockCommander(
+        parts = build_access(
             site,
             PREFIX,
             self.state,
             self.bus,
             clock,
-            self.events,
-            self.alarms,
-            fire_latched=lambda: self.access_store.latch.latched,
-            settle=0.0,
-        )
-        self.access = AccessController(
-            site,
-            self.state,
-            self.bus,
-            clock,
-            bookings=self.booking_store,
-            access=self.access_store,
-            locks=self.locks,
+            db=self.db,
             events=self.events,
             alarms=self.alarms,
             webhooks=self.webhooks,
+            settle=0.0,
         )
-        self.bookings = BookingService(
-            site, self.booking_store, self.events, changed=self.access.room_changed
-        )
+        self.access_store = parts.access_store
+        self.booking_store = parts.booking_store
+        self.locks = parts.locks
+        self.access = parts.access
+        self.bookings = parts.bookings
         self._topics = {
             command_topic(device, PREFIX): device.id
             for device in site.devices

@@ -235,13 +235,14 @@ class ControllerService:
             if ready is not None:
                 ready.set()
             stopped = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait(
-                (stopped, link_task, *workers),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            running: set[asyncio.Task[Any]] = {stopped, link_task, *workers}
+            while stopped in running and link_task in running:
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done - {stopped}:
+                    # A part that failed raises its error; one with nothing to do
+                    # (no Modbus devices, no webhook URL) may end, and the rest go on.
+                    task.result()
             stopped.cancel()
-            for task in done - {stopped}:
-                task.result()  # a part that ended on its own failed: raise its error
             self._logger.info("stopping")
 
     async def _stop_tasks(

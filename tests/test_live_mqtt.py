@@ -237,3 +237,31 @@ async def test_a_burst_is_ingested_completely_and_in_order(
     )
     assert controller.service.ingest.stats.bad == 0
     assert (await room_state(controller, "corridor"))["count"] == 39
+
+
+async def test_a_site_without_modbus_devices_keeps_running(broker: Broker, probe: Probe) -> None:
+    site = parse_site(
+        """
+[site]
+id = "small"
+name = "小站"
+hours = { open = "08:30", close = "21:00" }
+
+[[rooms]]
+id = "hall"
+name = "大厅"
+
+[[devices]]
+id = "occ-hall"
+kind = "occupancy"
+room = "hall"
+interval = "30s"
+"""
+    )
+    running = await start_controller(controller_settings(broker), site)
+    try:
+        probe.publish("center/small/occ-hall/state", b'{"occupied": true, "count": 2}')
+        await wait_until(lambda: running.service.state.room("hall").count == 2)
+        assert not running.task.done()
+    finally:
+        await running.shutdown()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from controller.database import transaction
@@ -85,9 +85,6 @@ class BookingStore:
 
     def __len__(self) -> int:
         return len(self._by_id)
-
-    def rooms(self) -> Iterable[str]:
-        return self._by_room.keys()
 
     def overlapping(self, room: str, start: datetime, end: datetime) -> Iterator[Booking]:
         """The room's bookings whose time overlaps ``[start, end)``, by start."""

@@ -59,7 +59,6 @@ class _Target:
     room: str | None
     set_at: datetime
     attempts: int = 0
-    sent_at: float | None = None  # clock.monotonic() of the last send
     deadline: float | None = None  # when the last send counts as unconfirmed
     confirmed: bool = False
     force: bool = False  # send even if the lock already reports the wanted state
@@ -188,7 +187,6 @@ class LockCommander:
             return
         target.force = False
         target.attempts += 1
-        target.sent_at = now
         target.deadline = now + self._timeout
         self.commands_sent += 1
         self._wake.set()

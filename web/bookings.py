@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.bookings import BookingRefused, BookingRequest, booking_json
 from controller.settings import Scope
-from rules.access import opening
 from web.app_keys import SITE
 from web.auth import requires
 from web.bodies import ApiTime, read_body, read_query
@@ -150,8 +149,9 @@ async def get_bookings(request: web.Request) -> web.Response:
         )
     start = query.from_
     if start is None:
-        start, _ = opening(services.clock.now(), site.site.hours, site.site.zone)
-        start = start.replace(hour=0, minute=0)
+        start = datetime.combine(
+            services.clock.now().astimezone(site.site.zone).date(), time(), site.site.zone
+        )
     end = query.to or start + timedelta(days=1)
     if end <= start:
         raise ApiError(422, "invalid", "to must be after from", [{"field": "to"}])

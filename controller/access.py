@@ -309,20 +309,22 @@ class AccessController:
         if should_latch(latch, event.alarm):
             self._access.set_latch(FireLatch(latched_at=event.time))
             # First every lock is told, even one that reports unlocked already,
-            # with nothing else in between; then the rooms are re-decided and
-            # everything is logged.
+            # with nothing else in between (each command is on the wire when
+            # want() returns); then the rooms are re-decided and everything is
+            # logged, in one transaction: one commit instead of one per event.
             reason = Decision(LockIntent.UNLOCK, Cause.FIRE_ALARM).describe()
-            with self._locks.batch():
-                for device_id in self._locks.lock_ids:
-                    self._locks.want(device_id, LockIntent.UNLOCK, reason, force=True)
-                for room_id in self._rooms:
-                    self.evaluate(room_id, event.time)
-            self._alarms.raise_alarm(
-                "fire_alarm",
-                "site",
-                "fire alarm: every controlled door is unlocked and stays so until staff reset",
-                severity=Severity.CRITICAL,
-            )
+            with self._events.transaction():
+                with self._locks.batch():
+                    for device_id in self._locks.lock_ids:
+                        self._locks.want(device_id, LockIntent.UNLOCK, reason, force=True)
+                    for room_id in self._rooms:
+                        self.evaluate(room_id, event.time)
+                self._alarms.raise_alarm(
+                    "fire_alarm",
+                    "site",
+                    "fire alarm: every controlled door is unlocked and stays so until staff reset",
+                    severity=Severity.CRITICAL,
+                )
         elif event.alarm is True:
             self._alarms.raise_alarm(
                 "fire_alarm", "site", "the fire panel reports an alarm", severity=Severity.CRITICAL

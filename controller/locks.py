@@ -102,7 +102,7 @@ class LockCommander:
         self._wake = asyncio.Event()
         self._unsubscribe: Unsubscribe | None = None
         self._batching = 0
-        self._sent: list[tuple[str, LockIntent, int, str, str | None]] = []
+        self._sent: list[tuple[str, LockIntent, int, str, str | None, datetime]] = []
         self.commands_sent = 0
         self.confirmations = 0
 
@@ -190,7 +190,16 @@ class LockCommander:
         target.deadline = now + self._timeout
         self.commands_sent += 1
         self._wake.set()
-        self._sent.append((device_id, target.intent, target.attempts, target.reason, target.room))
+        self._sent.append(
+            (
+                device_id,
+                target.intent,
+                target.attempts,
+                target.reason,
+                target.room,
+                self._clock.now(),
+            )
+        )
         if not self._batching:
             self._log_sent()
 
@@ -199,7 +208,7 @@ class LockCommander:
         """Send every command asked for inside, then write their log entries.
 
         The fire rule unlocks all locks in one batch: the last command leaves
-        before the first log write.
+        before the first log write. Each entry keeps the time its command was sent.
         """
         self._batching += 1
         try:
@@ -211,13 +220,14 @@ class LockCommander:
 
     def _log_sent(self) -> None:
         sent, self._sent = self._sent, []
-        for device_id, intent, attempt, reason, room in sent:
+        for device_id, intent, attempt, reason, room, sent_at in sent:
             self._events.record(
                 "lock_command",
                 f"{intent.value} sent to {device_id} (try {attempt}): {reason}",
                 room=room,
                 device=device_id,
                 details={"command": intent.value, "try": attempt, "reason": reason},
+                time=sent_at,  # when it left, though logged after the batch
             )
 
     def _confirm(self, device_id: str, target: _Target) -> None:

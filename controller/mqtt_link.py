@@ -93,7 +93,12 @@ class MqttLink:
         self._command_listeners.append(listener)
 
     def send_command(self, topic: str, payload: bytes) -> bool:
-        """Queue a device command (QoS 1); False when disconnected, so the caller retries."""
+        """Send a device command (QoS 1) now; False when disconnected, so the caller retries.
+
+        The command is written to the socket before this returns (as far as the
+        kernel takes it), not on the loop's next turn: a door command should
+        not wait behind whatever the current handler still has to do.
+        """
         client = self._client
         if client is None or not client.is_connected:
             return False
@@ -102,6 +107,7 @@ class MqttLink:
         except MqttError as error:
             self._logger.warning("could not send a command to %s: %s", topic, error)
             return False
+        client.flush()
         return True
 
     def _new_client(self) -> MqttClient:

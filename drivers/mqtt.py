@@ -266,6 +266,17 @@ class MqttClient:
             raise MqttCodeError(info.rc, f"cannot publish to {topic}")
         return info
 
+    def flush(self) -> None:
+        """Write what is queued to the socket now, rather than on the loop's next turn.
+
+        paho only queues a publish (it is told that the loop watches the socket
+        for writing). For a command that should leave at once, such as the fire
+        alarm's UNLOCKs, the caller flushes: the socket is non-blocking, so this
+        writes what the kernel takes and leaves the rest to the loop's writer.
+        """
+        if self._sock is not None and self.is_connected:
+            self._write()
+
     async def publish(
         self, topic: str, payload: bytes | str, *, qos: int = 0, retain: bool = False
     ) -> None:

@@ -126,15 +126,16 @@ class Probe:
     port: int
     client: paho.Client = field(init=False)
     messages: list[paho.MQTTMessage] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _changed: threading.Condition = field(default_factory=threading.Condition)
 
     def __post_init__(self) -> None:
         self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
         self.client.on_message = self._on_message
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        with self._lock:
+        with self._changed:
             self.messages.append(message)
+            self._changed.notify_all()
 
     def connect(self) -> None:
         self.client.connect("127.0.0.1", self.port)
@@ -155,8 +156,21 @@ class Probe:
         info.wait_for_publish(5)
 
     def received(self, topic: str) -> list[bytes]:
-        with self._lock:
+        with self._changed:
             return [bytes(message.payload) for message in self.messages if message.topic == topic]
+
+    def wait_blocking(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait on the calling thread, holding up its event loop on purpose, until
+        ``predicate`` holds; False at the deadline. Only what was already written
+        to a socket can arrive meanwhile (paho's own thread receives it)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+        return True
 
     async def next_payload(
         self, topic: str, predicate: Callable[[bytes], bool] = lambda _: True, timeout: float = 5.0

@@ -28,6 +28,7 @@ import pytest
 from aiohttp import web
 
 from controller.clock import Clock, ScaledClock, SystemClock
+from controller.event_log import LoggedEvent
 from controller.readings import LockState
 from controller.service import ControllerService
 from controller.settings import MqttEndpoint
@@ -55,6 +56,9 @@ SECRET = "webhook-s3cret"
 STAFF = "staff-t0ken"
 BOOKING = "booking-t0ken"
 TOKENS = json.dumps({STAFF: ["staff"], BOOKING: ["booking", "read"]})
+# What the fire handler logs, once its commands are out.
+FIRE_PASS_EVENTS = {"lock_command", "access_decision", "fire_alarm"}
+
 LOCKS = [
     "lock-main",
     "lock-hui-xin-room",
@@ -303,6 +307,38 @@ async def test_a_no_show_is_released_locked_and_reported_with_a_signed_webhook(
             },
         )
         assert status == 201, body
+
+
+async def test_on_fire_every_unlock_is_on_its_way_before_anything_is_logged(
+    broker: Broker, probe: Probe, tmp_path: Path
+) -> None:
+    """The fire handler writes each UNLOCK to the socket as it decides it, not
+    on the event loop's next turn after the handler's logging and re-deciding.
+
+    A listener on the event log holds up the loop when it hears the first
+    event of the fire: from then on only what the handler already wrote can
+    reach the broker.
+    """
+    probe.subscribe(f"{PREFIX}/+/set")
+    async with running_center(
+        broker, short_site(), tmp_path / "data", ScaledClock(START, 1.0)
+    ) as center:
+        await at_rest(center)
+        sent_before = {lock: len(commands(probe, lock)) for lock in LOCKS}
+
+        def every_lock_told() -> bool:
+            return all("UNLOCK" in commands(probe, lock)[sent_before[lock] :] for lock in LOCKS)
+
+        seen_while_held: list[bool] = []
+
+        def hold_loop(event: LoggedEvent) -> None:
+            if not seen_while_held and event.kind in FIRE_PASS_EVENTS:
+                seen_while_held.append(probe.wait_blocking(every_lock_told, timeout=3.0))
+
+        center.service.events.listen(hold_loop)
+        center.building.set_fire_alarm(True)
+        await wait_until(lambda: seen_while_held, message="the fire pass logged")
+        assert seen_while_held == [True]
 
 
 async def test_fire_unlocks_every_door_and_nothing_can_lock_one_until_reset(

@@ -85,11 +85,9 @@ from common import (
     Command,
     CpuWatch,
     LockEmulator,
-    closed_port,
     device_entry,
     distribution,
     fmt_ms,
-    keepalive_modbus_device,
     machine_facts,
     progress,
     room_entry,
@@ -132,7 +130,7 @@ def _seconds(value: float) -> str:
     return f"{round(value * 1000)}ms"
 
 
-def site_toml(layout: Layout, args: argparse.Namespace, keepalive_port: int) -> str:
+def site_toml(layout: Layout, args: argparse.Namespace) -> str:
     parts = [
         "[site]",
         f'id = "{SITE_ID}"',
@@ -148,11 +146,9 @@ def site_toml(layout: Layout, args: argparse.Namespace, keepalive_port: int) -> 
     ]
     for room in layout.rooms:
         parts += room_entry(room, capacity=ROOM_CAPACITY, bookable=True)
-    parts += room_entry("plant-room", capacity=ROOM_CAPACITY, bookable=False)
     for room, lock, sensor in zip(layout.rooms, layout.locks, layout.sensors, strict=True):
         parts += device_entry(lock, "lock", room, "1h")
         parts += device_entry(sensor, "occupancy", room, "1h")
-    parts += keepalive_modbus_device("plant-room", keepalive_port)
     return "\n".join(parts)
 
 
@@ -663,7 +659,7 @@ def run(args: argparse.Namespace) -> Report:
         broker = Broker(workdir)
         stack.callback(broker.stop)
         broker.start()
-        text = site_toml(layout, args, closed_port())
+        text = site_toml(layout, args)
         parse_site(text, "generated site")  # a mistake here, not in the controller's log
         site = workdir / "site.toml"
         site.write_text(text)

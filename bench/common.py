@@ -7,15 +7,6 @@ private Mosquitto (the broker and the HTTP health helpers come from
 :class:`WireProbe` is a passive raw-socket subscriber in its own process that
 time-stamps lock commands as they leave the broker; :class:`CpuWatch` measures CPU
 of processes; :func:`start_profiler` runs py-spy without pausing the controller.
-
-One thing here works around the product rather than measures it,
-:func:`keepalive_modbus_device`: ``centerctl run`` on a site without any Modbus
-device stops right after starting, with exit status 0 (``ModbusDevices.run``
-returns at once when there is no hub, and ``ControllerService.run`` stops as soon
-as any of its workers returns). Every generated site therefore carries one air
-conditioner on a closed port, polled once a day, which keeps the Modbus worker
-alive and does nothing else during a run. The controller logs at WARNING, so its
-log (shown at the end of a report) holds only complaints.
 """
 
 from __future__ import annotations
@@ -42,7 +33,7 @@ from typing import Any
 import orjson
 import paho.mqtt.client as paho
 import psutil
-from ingest import BenchError, Controller, free_port, percentile
+from ingest import BenchError, Controller, percentile
 from paho.mqtt.enums import CallbackAPIVersion
 
 STAFF_TOKEN = "bench-staff-token"
@@ -97,22 +88,6 @@ def raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
 # --------------------------------------------------------------------------- site
 
 
-def keepalive_modbus_device(room: str, port: int) -> list[str]:
-    """A site-file ``[[devices]]`` entry that keeps ``centerctl run`` running (module doc)."""
-    return [
-        "[[devices]]",
-        'id = "ac-keepalive"',
-        'kind = "air_conditioner"',
-        f'room = "{room}"',
-        'host = "127.0.0.1"',
-        f"port = {port}",
-        'profile = "generic-ac"',
-        'poll = "24h"',
-        'timeout = "1s"',
-        "",
-    ]
-
-
 def device_entry(device: str, kind: str, room: str | None, interval: str) -> list[str]:
     lines = ["[[devices]]", f'id = "{device}"', f'kind = "{kind}"']
     if room is not None:
@@ -125,11 +100,6 @@ def room_entry(room: str, *, capacity: int, bookable: bool) -> list[str]:
     if bookable:
         lines.append("bookable = true")
     return [*lines, ""]
-
-
-def closed_port() -> int:
-    """A loopback port nobody listens on (the keep-alive Modbus device's)."""
-    return free_port()
 
 
 # --------------------------------------------------------------------------- controller

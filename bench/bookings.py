@@ -65,7 +65,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import subprocess
 import sys
@@ -85,6 +84,7 @@ from common import (
     Command,
     CpuWatch,
     LockEmulator,
+    bench_main,
     device_entry,
     distribution,
     fmt_ms,
@@ -92,10 +92,9 @@ from common import (
     progress,
     room_entry,
     rss_mb,
-    signals_as_interrupt,
     start_profiler,
 )
-from ingest import BenchError, Broker, peak_rss_bytes, stop_py_spy, wait_for
+from ingest import Broker, peak_rss_bytes, stop_py_spy, wait_for
 
 SITE_ID = "bench-bookings"
 PREFIX = f"center/{SITE_ID}"
@@ -809,21 +808,7 @@ def run(args: argparse.Namespace) -> Report:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with signals_as_interrupt():
-        try:
-            report = run(args)
-        except BenchError as error:
-            print(f"bench: {error}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("bench: interrupted; everything it started is stopped", file=sys.stderr)
-            return 130
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        print(format_report(report))
-    return 1 if report.failures else 0
+    return bench_main(parse_args(argv), run, format_report)
 
 
 if __name__ == "__main__":

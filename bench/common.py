@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import orjson
 import paho.mqtt.client as paho
@@ -534,6 +534,34 @@ def every_lock(locks: list[str], state: str) -> Callable[[list[Command]], bool]:
         return wanted <= {command.lock for command in commands if command.state == state}
 
     return predicate
+
+
+class BenchReport(Protocol):
+    @property
+    def failures(self) -> list[str]: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+ReportT = TypeVar("ReportT", bound=BenchReport)
+
+
+def bench_main(
+    args: Any, run: Callable[[Any], ReportT], format_report: Callable[[ReportT], str]
+) -> int:
+    """Run a benchmark and print its report; the exit status the module docs promise:
+    0 targets met, 1 missed, 2 could not run, 130 interrupted (Ctrl-C or SIGTERM)."""
+    with signals_as_interrupt():
+        try:
+            report = run(args)
+        except BenchError as error:
+            print(f"bench: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("bench: interrupted; everything it started is stopped", file=sys.stderr)
+            return 130
+    print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report))
+    return 1 if report.failures else 0
 
 
 @contextlib.contextmanager

@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import multiprocessing
 import os
@@ -103,6 +102,7 @@ from common import (
     CpuWatch,
     LockEmulator,
     WireProbe,
+    bench_main,
     device_entry,
     distribution,
     every_lock,
@@ -110,7 +110,6 @@ from common import (
     machine_facts,
     progress,
     room_entry,
-    signals_as_interrupt,
     start_profiler,
 )
 from ingest import (
@@ -1016,21 +1015,7 @@ def run(args: argparse.Namespace) -> Report:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with signals_as_interrupt():
-        try:
-            report = run(args)
-        except BenchError as error:
-            print(f"bench: {error}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("bench: interrupted; everything it started is stopped", file=sys.stderr)
-            return 130
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        print(format_report(report))
-    return 1 if report.failures else 0
+    return bench_main(parse_args(argv), run, format_report)
 
 
 if __name__ == "__main__":

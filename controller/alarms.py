@@ -22,6 +22,7 @@ import enum
 import json
 import sqlite3
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -136,6 +137,11 @@ class AlarmBook:
             for statement in _SCHEMA:
                 db.execute(statement)
 
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One commit for an alarm change and whatever goes with it (a webhook):
+        the event log's transaction, so listeners hear of it only once it is in."""
+        return self._events.transaction()
+
     def raise_alarm(
         self,
         kind: str,
@@ -207,11 +213,21 @@ class AlarmBook:
                 self._record(alarm, alarm.message, alarm.severity)
         return alarm
 
-    def clear(self, kind: str, source: str, message: str | None = None) -> Alarm | None:
+    def clear(
+        self,
+        kind: str,
+        source: str,
+        message: str | None = None,
+        *,
+        event_kind: str | None = None,
+    ) -> Alarm | None:
         """End the active alarm ``kind`` of ``source``; ``None`` when none is active.
 
         ``message`` (say, "device back online") goes into the logged event;
-        the alarm keeps the message that says what went wrong.
+        the alarm keeps the message that says what went wrong. ``event_kind``
+        names the clearing event when the contract gives it its own kind
+        (``device_offline`` is cleared by ``device_online``); by default it is
+        the alarm's kind.
         """
         now, now_offset = encode_time(self._clock.now())
         with self._events.transaction():
@@ -224,7 +240,9 @@ class AlarmBook:
                 (now, now_offset, now, now_offset, current.id),
             )
             alarm = self._require(current.id)
-            self._record(alarm, message or f"cleared: {alarm.message}", Severity.INFO)
+            self._record(
+                alarm, message or f"cleared: {alarm.message}", Severity.INFO, kind=event_kind
+            )
         return alarm
 
     def ack(self, alarm_id: int, by: str | None = None) -> Alarm:
@@ -332,9 +350,10 @@ class AlarmBook:
         severity: Severity,
         *,
         details: Mapping[str, Any] | None = None,
+        kind: str | None = None,
     ) -> None:
         self._events.record(
-            alarm.kind,
+            kind or alarm.kind,
             message,
             severity=severity,
             room=alarm.room,

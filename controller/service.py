@@ -26,9 +26,13 @@ from aiohttp import web
 from controller.access_parts import build_access
 from controller.alarms import AlarmBook
 from controller.bus import EventBus
+from controller.cabinet import CabinetService
+from controller.capacity import CapacityGuard
+from controller.climate import ClimateController
 from controller.clock import Clock
 from controller.command_alarms import CommandAlarms
 from controller.database import open_database
+from controller.device_health import DeviceHealth
 from controller.diagnostics import BadPayloadLog
 from controller.event_log import EventLog
 from controller.ingest import MqttIngest
@@ -39,6 +43,7 @@ from controller.settings import Settings
 from controller.silence import SilenceWatch
 from controller.site import Site
 from controller.state import LiveState
+from controller.visitors import VisitorCounter
 from controller.webhooks import WebhookQueue
 from drivers.modbus_profile import Profile, load_profiles
 from web.app import create_app
@@ -141,6 +146,31 @@ class ControllerService:
         self.silence = SilenceWatch(
             self.state, self.bus, clock, missed=site.rules.offline_after_missed
         )
+        self.device_health = DeviceHealth(self.state, self.bus, self.alarms)
+        self.visitors = VisitorCounter(site, self.bus, clock, db=self.db, events=self.events)
+        self.capacity = CapacityGuard(
+            site, self.state, self.bus, clock, alarms=self.alarms, webhooks=self.webhooks
+        )
+        self.climate = ClimateController(
+            site,
+            self.state,
+            self.bus,
+            clock,
+            db=self.db,
+            events=self.events,
+            alarms=self.alarms,
+            writer=self.modbus,
+        )
+        self.cabinets = CabinetService(
+            site,
+            self.state,
+            self.bus,
+            clock,
+            db=self.db,
+            events=self.events,
+            alarms=self.alarms,
+            writer=self.modbus,
+        )
         self.auth = TokenAuth(settings.scopes_by_token())
         self.app = create_app(
             site=site,
@@ -153,6 +183,9 @@ class ControllerService:
                 events=self.events,
                 alarms=self.alarms,
                 clock=clock,
+                visitors=self.visitors,
+                climate=self.climate,
+                cabinets=self.cabinets,
             ),
             version=_version(),
         )
@@ -161,13 +194,11 @@ class ControllerService:
 
     def health(self) -> dict[str, Any]:
         """Liveness and readiness, per part: ``ok``, ``degraded`` or ``down``."""
-        devices = self.state.devices.values()
-        offline = sorted(state.device.id for state in devices if state.online is False)
-        unknown = sorted(state.device.id for state in devices if state.online is None)
+        devices = self.device_health.summary()
         mqtt = self.link.status.to_json()
         if not self.link.status.connected:
             status = "down"
-        elif offline:
+        elif devices["offline"]:
             status = "degraded"
         else:
             status = "ok"
@@ -177,12 +208,7 @@ class ControllerService:
             "version": _version(),
             "started": self._started.isoformat() if self._started else None,
             "mqtt": mqtt,
-            "devices": {
-                "status": "degraded" if offline else "ok",
-                "total": len(self.state.devices),
-                "offline": offline,
-                "not_heard_yet": unknown,
-            },
+            "devices": devices,
             "ingest": {
                 **self.ingest.stats.to_json(),
                 "bad_payloads_by_device": self.bad_payloads.counts(),
@@ -194,6 +220,10 @@ class ControllerService:
             "locks": self.locks.status(),
             "alarms": self.alarms.counts(),
             "webhooks": self.webhooks.status(),
+            "visitors": self.visitors.status(),
+            "capacity": self.capacity.status(),
+            "climate": self.climate.status(),
+            "cabinets": self.cabinets.status(),
         }
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
@@ -217,6 +247,14 @@ class ControllerService:
             self.access.start()
             stack.callback(self.access.stop)
             self.access.reconcile()
+            # After access: a door decision never waits behind the services below.
+            for part in (self.device_health, self.visitors, self.capacity):
+                part.start()
+                stack.callback(part.stop)
+            self.climate.start()
+            stack.callback(self.climate.stop)
+            self.cabinets.start()
+            stack.callback(self.cabinets.stop)
             if self.auth.open:
                 self._logger.warning(
                     "no CENTER_API_TOKENS configured: "
@@ -230,6 +268,9 @@ class ControllerService:
                 asyncio.create_task(self.locks.run(), name="lock-commands"),
                 asyncio.create_task(self.access.run(), name="access-rules"),
                 asyncio.create_task(self.webhooks.run(), name="webhooks"),
+                asyncio.create_task(self.visitors.run(), name="visitors"),
+                asyncio.create_task(self.climate.run(), name="climate"),
+                asyncio.create_task(self.cabinets.run(), name="cabinets"),
             ]
             stack.push_async_callback(self._stop_tasks, link_task, workers)
             if ready is not None:

@@ -149,14 +149,42 @@ class SiteInfo(_Model):
         return zoneinfo.ZoneInfo(self.timezone)
 
 
+DEFAULT_CLIMATE_ROOM = "love-room"
+
+
 class ClimateRules(_Model):
-    cool_above: float = 26.0
-    cool_setpoint: float = 26.0
+    """The climate rule (CONTRACT §5) and which rooms' air conditioners follow it.
+
+    ``rooms`` None means the love room when the site has one: the rule was
+    written for it, and an AC elsewhere (a hall with its own schedule) is left
+    to staff unless the file opts it in.
+    """
+
+    rooms: list[Identifier] | None = None
+    cool_above: float = Field(default=26.0, ge=10.0, le=40.0)
+    cool_setpoint: float = Field(default=26.0, ge=16.0, le=30.0)
     empty_off_after: PositiveDuration = timedelta(minutes=15)
-    heat_wave_outdoor: float = 35.0
-    cold_outdoor: float = 10.0
-    heat_setpoint: float = 20.0
+    heat_wave_outdoor: float = Field(default=35.0, ge=20.0, le=60.0)
+    cold_outdoor: float = Field(default=10.0, ge=-40.0, le=25.0)
+    heat_setpoint: float = Field(default=20.0, ge=16.0, le=30.0)
     min_off: Duration = timedelta(minutes=3)
+    # °C: cooling that started above cool_above goes on until the room is this
+    # much below it (likewise heating), so a sensor hovering at the threshold
+    # does not switch the compressor on and off.
+    hysteresis: float = Field(default=0.5, ge=0.0, le=5.0)
+
+
+class CabinetRules(_Model):
+    """Unattended document pickup (CONTRACT §4, §5)."""
+
+    # A deposit fails (and frees its compartment) unless the door closes with
+    # an item inside this long after the pulse; likewise a pickup whose door
+    # never opens is abandoned (the deposit stays collectable).
+    deposit_timeout: PositiveDuration = timedelta(minutes=2)
+    pickup_timeout: PositiveDuration = timedelta(minutes=2)
+    wrong_codes: int = Field(default=5, ge=1, le=100)  # wrong codes from one kiosk token ...
+    wrong_code_window: PositiveDuration = timedelta(minutes=15)  # ... within this long ...
+    lockout: PositiveDuration = timedelta(minutes=15)  # ... refuse it (429) this long
 
 
 class Rules(_Model):
@@ -165,7 +193,12 @@ class Rules(_Model):
     relock_grace: Duration = timedelta(minutes=15)
     door_open_alarm_after: PositiveDuration = timedelta(seconds=60)
     offline_after_missed: int = Field(default=3, ge=1)
+    # People: a room over its capacity raises over_capacity, which clears once
+    # the count is this many below capacity (default: back below it), so a count
+    # wavering at the limit does not raise and clear it again and again.
+    capacity_hysteresis: int = Field(default=1, ge=0, le=50)
     climate: ClimateRules = ClimateRules()
+    cabinet: CabinetRules = CabinetRules()
 
 
 class Room(_Model):
@@ -307,6 +340,18 @@ class Site(_Model):
     def devices_in(self, room_id: str) -> list[Device]:
         return [device for device in self.devices if device.room == room_id]
 
+    @property
+    def climate_air_conditioners(self) -> list[Device]:
+        """The air conditioners the climate rule runs (see :class:`ClimateRules`)."""
+        rooms = self.rules.climate.rooms
+        if rooms is None:
+            rooms = [DEFAULT_CLIMATE_ROOM] if DEFAULT_CLIMATE_ROOM in self.room_by_id else []
+        return [
+            device
+            for device in self.devices
+            if device.kind is DeviceKind.AIR_CONDITIONER and device.room in rooms
+        ]
+
 
 def reference_problems(data: object) -> list[Problem]:
     """Problems that span entries: duplicate ids and topics, unknown rooms.
@@ -338,6 +383,35 @@ def reference_problems(data: object) -> list[Problem]:
     problems += _duplicates(
         "devices", (_text(device, "state_topic") for device in devices), field="state_topic"
     )
+    problems += _climate_room_problems(data, room_ids, devices)
+    return problems
+
+
+def _climate_room_problems(
+    data: Mapping[str, object],
+    room_ids: list[str | None],
+    devices: list[Mapping[str, object] | None],
+) -> list[Problem]:
+    """Each room named in ``rules.climate.rooms`` exists and has an air conditioner."""
+    rules = data.get("rules")
+    climate = rules.get("climate") if isinstance(rules, Mapping) else None
+    rooms = climate.get("rooms") if isinstance(climate, Mapping) else None
+    if not isinstance(rooms, list) or None in room_ids:
+        return []
+    cooled = {
+        _identifier(device, "room")
+        for device in devices
+        if device is not None and device.get("kind") == DeviceKind.AIR_CONDITIONER.value
+    }
+    problems: list[Problem] = []
+    for index, room in enumerate(rooms):
+        where = ("rules", "climate", "rooms", index)
+        if not isinstance(room, str):
+            continue
+        if room not in room_ids:
+            problems.append((where, f"no room with id {room!r}"))
+        elif room not in cooled:
+            problems.append((where, f"room {room!r} has no air conditioner"))
     return problems
 
 

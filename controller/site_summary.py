@@ -123,8 +123,11 @@ def _rules(site: Site) -> list[str]:
         ["relock at the latest after end", format_duration(rules.relock_grace)],
         ["door-open alarm after", format_duration(rules.door_open_alarm_after)],
         ["offline after", f"{rules.offline_after_missed} missed reporting intervals"],
+        ["over capacity clears", f"{rules.capacity_hysteresis} below capacity"],
     ]
+    managed = ", ".join(device.id for device in site.climate_air_conditioners) or "none"
     climate_rows = [
+        ["air conditioners", managed],
         ["cool when occupied above", f"{climate.cool_above:g} °C, to {climate.cool_setpoint:g} °C"],
         ["AC off after empty for", format_duration(climate.empty_off_after)],
         ["cool even when empty, outdoor >=", f"{climate.heat_wave_outdoor:g} °C"],
@@ -133,11 +136,31 @@ def _rules(site: Site) -> list[str]:
             f"{climate.cold_outdoor:g} °C, to {climate.heat_setpoint:g} °C",
         ],
         ["compressor off at least", format_duration(climate.min_off)],
+        ["hysteresis", f"{climate.hysteresis:g} °C"],
     ]
-    # One table for both, so that the values line up in a single column.
-    table = _table(None, timing_rows + climate_rows)
-    split = len(timing_rows)
-    return ["Rules", *table[:split], "", "Climate rules", *table[split:]]
+    cabinet = rules.cabinet
+    cabinet_rows = [
+        ["deposit must close within", format_duration(cabinet.deposit_timeout)],
+        ["pickup must open within", format_duration(cabinet.pickup_timeout)],
+        [
+            "wrong codes before lockout",
+            f"{cabinet.wrong_codes} within {format_duration(cabinet.wrong_code_window)},"
+            f" locked out {format_duration(cabinet.lockout)}",
+        ],
+    ]
+    # One table for all, so that the values line up in a single column.
+    table = _table(None, timing_rows + climate_rows + cabinet_rows)
+    first, second = len(timing_rows), len(timing_rows) + len(climate_rows)
+    return [
+        "Rules",
+        *table[:first],
+        "",
+        "Climate rules",
+        *table[first:second],
+        "",
+        "Document cabinet",
+        *table[second:],
+    ]
 
 
 def _protocol(device: Device) -> Protocol:

@@ -62,6 +62,7 @@ class DeviceState:
     last_heard: datetime | None = None
     reading: Reading | None = None
     stale: bool = False
+    offline_since: datetime | None = None
 
     @property
     def usable(self) -> bool:
@@ -76,6 +77,7 @@ class DeviceState:
             "protocol": self.device.protocol.value if self.device.protocol else None,
             "online": self.online,
             "availability_source": self.availability_source,
+            "offline_since": _iso(self.offline_since),
             "last_seen": _iso(self.last_seen),
             "reading": _reading_json(self.reading),
             "reading_stale": self.stale,
@@ -207,6 +209,7 @@ class LiveState:
             state.last_seen = state.last_heard = event.time
             if state.online is not True:
                 state.online = True
+                state.offline_since = None
                 state.availability_source = AvailabilitySource.READING
                 self._bus.publish(DeviceStateChanged(event.device_id, event.time))
         self._refresh(state.device, event.time)
@@ -222,6 +225,7 @@ class LiveState:
         if not event.online:
             state.stale = state.reading is not None
         state.online = event.online
+        state.offline_since = None if event.online else event.time
         state.availability_source = event.source
         self._bus.publish(DeviceStateChanged(event.device_id, event.time))
         self._refresh(state.device, event.time)

@@ -9,6 +9,7 @@ would. Tests through a real broker and the lock simulators are in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,14 +21,18 @@ from controller.access_parts import build_access
 from controller.alarms import AlarmBook
 from controller.bookings import BookingRequest
 from controller.bus import EventBus
+from controller.cabinet import CabinetService
+from controller.climate import ClimateController
 from controller.clock import VirtualClock
 from controller.database import open_database
 from controller.event_log import EventLog
 from controller.events import AvailabilityChanged, AvailabilitySource, ReadingReceived
 from controller.ingest import command_topic
+from controller.modbus_poller import PointWrite, WriteFailed
 from controller.readings import FireAlarmReading, LockReading, LockState, OccupancyReading
 from controller.site import DeviceKind, Site
 from controller.state import LiveState
+from controller.visitors import VisitorCounter
 from controller.webhooks import WebhookQueue
 from rules.bookings import Booking
 from web.services import Services
@@ -96,12 +101,23 @@ class AccessRig:
         self.db.close()
 
     def services(self) -> Services:
+        parts = {
+            "db": self.db,
+            "events": self.events,
+            "alarms": self.alarms,
+            "writer": _NoModbus(),
+        }
         return Services(
             bookings=self.bookings,
             access=self.access,
             events=self.events,
             alarms=self.alarms,
             clock=self.clock,
+            visitors=VisitorCounter(
+                self.site, self.bus, self.clock, db=self.db, events=self.events
+            ),
+            climate=ClimateController(self.site, self.state, self.bus, self.clock, **parts),
+            cabinets=CabinetService(self.site, self.state, self.bus, self.clock, **parts),
         )
 
     # -- the MQTT side ------------------------------------------------------
@@ -166,3 +182,10 @@ class AccessRig:
     def webhook_types(self) -> list[str]:
         rows = self.db.execute("SELECT body FROM webhook_deliveries ORDER BY seq").fetchall()
         return [orjson.loads(row[0])["type"] for row in rows]
+
+
+class _NoModbus:
+    """The access rig has no Modbus devices: every write fails as unconfirmed."""
+
+    async def write(self, device_id: str, writes: Sequence[PointWrite]) -> None:
+        raise WriteFailed(f"{device_id}: no Modbus devices in the access rig")

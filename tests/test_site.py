@@ -433,10 +433,36 @@ ID_RULE = "use lower-case letters, digits, '-' and '_' (at most 64)"
             ],
             id="no-rooms",
         ),
+        pytest.param(
+            {"rules": {"climate": {"rooms": ["hall", "attic", "lobby"]}}},
+            [
+                "rules.climate.rooms[1]: no room with id 'attic'",
+                "rules.climate.rooms[2]: room 'lobby' has no air conditioner",
+            ],
+            id="climate-rooms-must-exist-and-have-an-ac",
+        ),
+        pytest.param(
+            {"rules": {"cabinet": {"wrong_codes": 0, "lockout": "0s"}}},
+            [
+                "rules.cabinet.wrong_codes: must be >= 1",
+                "rules.cabinet.lockout: must be > 0s",
+            ],
+            id="cabinet-throttle-must-be-positive",
+        ),
     ],
 )
 def test_invalid_site(changes: dict[str, object], expected: list[str]) -> None:
     assert problems_of(site_text(changes)) == expected
+
+
+def test_the_climate_rule_runs_the_love_rooms_ac_unless_the_file_names_rooms(
+    changbai: Site,
+) -> None:
+    assert [device.id for device in changbai.climate_air_conditioners] == ["ac-love-room"]
+    # A site without a love room runs no AC by rule unless it says which.
+    assert parse_site(site_text()).climate_air_conditioners == []
+    chosen = parse_site(site_text({"rules": {"climate": {"rooms": ["hall"]}}}))
+    assert [device.id for device in chosen.climate_air_conditioners] == ["ac-hall"]
 
 
 def test_several_problems_are_reported_together() -> None:

@@ -16,7 +16,7 @@ from controller.bookings import booking_json
 from controller.settings import Scope
 from controller.site import Room, Site
 from controller.state import LiveState
-from web import access, bookings
+from web import access, bookings, cabinets, climate, visitors
 from web.app_keys import HEALTH, SITE, STATE, HealthReport
 from web.auth import TokenAuth, requires
 from web.errors import ApiError, error_response
@@ -48,6 +48,9 @@ def create_app(
     app.router.add_get("/api/devices", get_devices)
     bookings.add_routes(app)
     access.add_routes(app)
+    visitors.add_routes(app)
+    climate.add_routes(app)
+    cabinets.add_routes(app)
     add_openapi_route(
         app,
         title="center-controller API",

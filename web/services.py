@@ -9,8 +9,11 @@ from aiohttp import web
 from controller.access import AccessController
 from controller.alarms import AlarmBook
 from controller.bookings import BookingService
+from controller.cabinet import CabinetService
+from controller.climate import ClimateController
 from controller.clock import Clock
 from controller.event_log import EventLog
+from controller.visitors import VisitorCounter
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +23,9 @@ class Services:
     events: EventLog
     alarms: AlarmBook
     clock: Clock
+    visitors: VisitorCounter
+    climate: ClimateController
+    cabinets: CabinetService
 
 
 SERVICES = web.AppKey("services", Services)

@@ -101,12 +101,8 @@ class AccessRig:
         self.db.close()
 
     def services(self) -> Services:
-        parts = {
-            "db": self.db,
-            "events": self.events,
-            "alarms": self.alarms,
-            "writer": _NoModbus(),
-        }
+        writer = _NoModbus()
+        common = (self.site, self.state, self.bus, self.clock)
         return Services(
             bookings=self.bookings,
             access=self.access,
@@ -116,8 +112,12 @@ class AccessRig:
             visitors=VisitorCounter(
                 self.site, self.bus, self.clock, db=self.db, events=self.events
             ),
-            climate=ClimateController(self.site, self.state, self.bus, self.clock, **parts),
-            cabinets=CabinetService(self.site, self.state, self.bus, self.clock, **parts),
+            climate=ClimateController(
+                *common, db=self.db, events=self.events, alarms=self.alarms, writer=writer
+            ),
+            cabinets=CabinetService(
+                *common, db=self.db, events=self.events, alarms=self.alarms, writer=writer
+            ),
         )
 
     # -- the MQTT side ------------------------------------------------------

@@ -152,9 +152,14 @@ async def demo(
             port_for=lambda device: 0,  # free ports: the controller is told which
         ) as simulated,
     ):
-        # A fresh staff token for this run, unless tokens are configured.
+        # Fresh staff and kiosk tokens for this run, unless tokens are configured.
         token = None if settings.api_tokens else secrets.token_urlsafe(18)
-        tokens = {SecretStr(token): ["staff"]} if token else settings.api_tokens
+        kiosk = None if settings.api_tokens else secrets.token_urlsafe(18)
+        tokens = (
+            {SecretStr(token): ["staff"], SecretStr(kiosk): ["kiosk"]}
+            if token and kiosk
+            else settings.api_tokens
+        )
         demo_settings = settings.model_copy(
             update={"mqtt_url": SecretStr(broker_url), "api_tokens": tokens, "data_dir": data_dir}
         )
@@ -170,7 +175,9 @@ async def demo(
         await asyncio.wait((controller, waiting), return_when=asyncio.FIRST_COMPLETED)
         waiting.cancel()
         if ready.is_set():
-            _announce(site, settings, service, broker_url, token, simulated.scenario, clock)
+            _announce(
+                site, settings, service, broker_url, (token, kiosk), simulated.scenario, clock
+            )
         parts = asyncio.create_task(simulated.wait(), name="simulators")
         done, _ = await asyncio.wait((controller, parts), return_when=asyncio.FIRST_COMPLETED)
         if parts in done:
@@ -211,10 +218,12 @@ def _announce(
     settings: Settings,
     service: ControllerService,
     broker_url: str,
-    token: str | None,
+    tokens: tuple[str | None, str | None],
     scenario: str,
     clock: Clock,
 ) -> None:
+    """The banner: where to look, and the tokens made for this run (staff, kiosk)."""
+    token, kiosk = tokens
     host = settings.http_host if settings.http_host not in ("0.0.0.0", "::") else "127.0.0.1"
     base = f"http://{host}:{service.http_port}"
     lines = [
@@ -231,6 +240,8 @@ def _announce(
     if token:
         lines.append(f"  Staff token: {token}")
         lines.append(f'  e.g. curl -H "Authorization: Bearer {token}" {base}/api/rooms')
+    if kiosk:
+        lines.append(f"  Kiosk token: {kiosk} (for {base}/api/cabinets/<cabinet>/pickup)")
     else:
         lines.append("  Tokens: the ones in CENTER_API_TOKENS")
     lines += ["", "  Ctrl-C stops everything.", ""]

@@ -70,6 +70,18 @@ async def test_demo_runs_the_simulated_center_and_stops_on_ctrl_c(tmp_path: Path
         assert rooms["site"]["state"]["fire_alarm"] is False
         # The API is protected by the printed token.
         assert get(f"{base}/api/rooms", "wrong-token") is None
+        # The center's services answer: the cabinet (staff) with every compartment,
+        # the day's visitors, the love room's AC under the climate rule.
+        cabinet = get(f"{base}/api/cabinets/cabinet-1", token)
+        assert len(cabinet["compartments"]) == 24
+        assert get(f"{base}/api/visitors", token)["timezone"] == "Asia/Shanghai"
+        units = {
+            unit["id"]: unit
+            for unit in get(f"{base}/api/air-conditioners", token)["air_conditioners"]
+        }
+        assert units["ac-love-room"]["managed"] is True
+        assert units["ac-convergence-hall"]["managed"] is False
+        assert re.search(r"Kiosk token: (\S+)", output.read_text()), "a kiosk token for pickups"
 
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 0

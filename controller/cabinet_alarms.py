@@ -11,7 +11,9 @@ an unknown fact (the cabinet offline) leaves an alarm as it is.
 Their source is ``<cabinet>/<compartment index>`` (``cabinet-1/6`` is the
 door labelled 7). Which of them are active is remembered here (and reloaded
 from the alarm book at start), so a reconcile asks the database nothing.
-This module owns their wording, severities and details.
+A ``door_left_open`` records since when its door is open (``open_since`` in
+its details), so a door still open after a restart keeps its alarm and its
+opening time. This module owns their wording, severities and details.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from controller.alarms import AlarmBook, AlarmState
+from controller.alarms import Alarm, AlarmBook, AlarmState
 from controller.cabinet_compartments import Cabinet, Cabinets, flags, holding_of, local_iso
 from controller.cabinet_store import Deposit, DepositState
 from controller.durations import format_duration
 from controller.event_log import Severity
-from rules.cabinet import CompartmentFacts, wanted_alarms
+from rules.cabinet import CompartmentFacts, VisitKind, wanted_alarms
 
 DOOR_LEFT_OPEN = "door_left_open"
 CABINET_TAMPER = "cabinet_tamper"
@@ -50,6 +52,8 @@ class CompartmentAlarms:
         self._open_after = open_after
         self._zone = zone
         self._raised: set[tuple[str, str]] = set()  # (kind, source) of our active alarms
+        # Since when each door with a door_left_open from before a restart is open.
+        self._open_before_start: dict[str, datetime] = {}
 
     def load(self) -> None:
         """Learn which of the cabinets' alarms are still active from before a restart."""
@@ -61,6 +65,20 @@ class CompartmentAlarms:
         ):
             if alarm.source.startswith(prefixes):
                 self._raised.add((alarm.kind, alarm.source))
+                if alarm.kind == DOOR_LEFT_OPEN:
+                    self._open_before_start[alarm.source] = self._opened(alarm)
+
+    def left_open_since(self, cabinet_id: str, index: int) -> datetime | None:
+        """Since when a door is open, if it still has a ``door_left_open`` from before
+        a restart; None when it has none."""
+        source = alarm_source(cabinet_id, index)
+        if (DOOR_LEFT_OPEN, source) not in self._raised:
+            return None
+        return self._open_before_start.get(source)
+
+    def tampered(self, cabinet_id: str, index: int) -> bool:
+        """Whether the compartment's ``cabinet_tamper`` is active."""
+        return (CABINET_TAMPER, alarm_source(cabinet_id, index)) in self._raised
 
     def door_deadlines(self, cabinet: Cabinet) -> list[datetime]:
         """When each open door of ``cabinet`` not yet alarmed is due ``door_left_open``."""
@@ -101,16 +119,9 @@ class CompartmentAlarms:
                 f"{where}: door open for over {format_duration(self._open_after)}",
                 Severity.WARNING,
                 f"{where}: door closed",
+                details={"open_since": local_iso(facts.open_since, self._zone)},
             )
-            if index in cabinet.unexplained:
-                tamper = f"{where} opened with no deposit, pickup or clear in progress"
-            elif deposit is not None:
-                tamper = (
-                    f"{where}: the document of deposit {deposit.id} ({deposit.reference})"
-                    " is gone without a pickup"
-                )
-            else:
-                tamper = f"{where}: tampering"
+            tamper, tamper_over = _tamper_texts(where, cabinet, index, deposit, door)
             self._set(
                 cabinet,
                 index,
@@ -118,15 +129,14 @@ class CompartmentAlarms:
                 wanted.cabinet_tamper,
                 tamper,
                 Severity.ALARM,
-                f"{where}: door closed" if deposit is None else f"{where}: back in order",
+                tamper_over,
             )
+            uncollected, uncollected_over = self._uncollected_texts(
+                where, cabinet, index, deposit, item
+            )
+            expired = None
             if deposit is not None and deposit.state is DepositState.EXPIRED:
-                uncollected = (
-                    f"{where}: deposit {deposit.id} ({deposit.reference}) was not collected"
-                    f" by {local_iso(deposit.expires, self._zone)}; staff must clear it"
-                )
-            else:
-                uncollected = f"{where} holds an item no deposit accounts for; staff must clear it"
+                expired = {"deposit_id": deposit.id, "reference": deposit.reference}
             self._set(
                 cabinet,
                 index,
@@ -134,8 +144,8 @@ class CompartmentAlarms:
                 wanted.uncollected,
                 uncollected,
                 Severity.WARNING,
-                f"{where} cleared",
-                deposit=deposit,
+                uncollected_over,
+                details=expired,
             )
             state = self._cabinets.state_of(cabinet, index, deposit, reading)
             cabinet.note_state(index, state, now)
@@ -150,16 +160,15 @@ class CompartmentAlarms:
         severity: Severity,
         cleared: str,
         *,
-        deposit: Deposit | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
+        """Raise or clear one alarm if it is not as ``wanted``; ``details`` go with
+        ``{compartment, label}`` into a raised alarm."""
         source = alarm_source(cabinet.id, index)
         active = (kind, source) in self._raised
         if wanted is None or wanted == active:
             return
         if wanted:
-            details: dict[str, Any] = {"compartment": index, "label": str(index + 1)}
-            if deposit is not None:
-                details.update(deposit_id=deposit.id, reference=deposit.reference)
             self._alarms.raise_alarm(
                 kind,
                 source,
@@ -167,12 +176,75 @@ class CompartmentAlarms:
                 severity=severity,
                 room=cabinet.device.room,
                 device=cabinet.id,
-                details=details,
+                details={"compartment": index, "label": str(index + 1), **(details or {})},
             )
             self._raised.add((kind, source))
         else:
             self._alarms.clear(kind, source, cleared)
             self._raised.discard((kind, source))
+
+    def _uncollected_texts(
+        self, where: str, cabinet: Cabinet, index: int, deposit: Deposit | None, item: bool | None
+    ) -> tuple[str, str]:
+        """``uncollected``'s message, and what its clearing event says ended it."""
+        if deposit is not None and deposit.state is DepositState.EXPIRED:
+            raised = (
+                f"{where}: deposit {deposit.id} ({deposit.reference}) was not collected"
+                f" by {local_iso(deposit.expires, self._zone)}; staff must clear it"
+            )
+        else:
+            raised = f"{where} holds an item no deposit accounts for; staff must clear it"
+        visit = cabinet.visits.get(index)
+        if visit is not None and visit.kind is VisitKind.CLEAR:
+            over = f"{where}: cleared by {visit.by}"
+        elif item is False:
+            over = f"{where}: the item was taken out without a clear"
+        else:
+            over = f"{where}: back in order"
+        return raised, over
+
+    def _opened(self, alarm: Alarm) -> datetime:
+        """Since when the door of an active ``door_left_open`` is open.
+
+        Its ``open_since`` detail; an alarm without one (raised before it was
+        recorded) was last raised or touched at ``updated``, at least
+        ``open_after`` after its door opened, so counting from then still
+        leaves it due.
+        """
+        recorded = alarm.details.get("open_since")
+        if isinstance(recorded, str):
+            try:
+                since = datetime.fromisoformat(recorded)
+            except ValueError:
+                since = None  # not a time this module wrote: fall back as for none
+            if since is not None and since.tzinfo is not None:
+                return since
+        return alarm.updated - self._open_after
+
+
+def _tamper_texts(
+    where: str, cabinet: Cabinet, index: int, deposit: Deposit | None, door: bool | None
+) -> tuple[str, str]:
+    """``cabinet_tamper``'s message, and what its clearing event says ended it."""
+    if index in cabinet.unexplained:
+        raised = f"{where} opened with no deposit, pickup or clear in progress"
+    elif deposit is not None:
+        raised = (
+            f"{where}: the document of deposit {deposit.id} ({deposit.reference})"
+            " is gone without a pickup"
+        )
+    else:
+        raised = f"{where}: tampering"
+    visit = cabinet.visits.get(index)
+    if visit is not None and visit.kind is VisitKind.CLEAR:
+        over = f"{where}: cleared by {visit.by}"
+    elif visit is not None:
+        over = f"{where}: a {visit.kind.value} is under way"
+    elif door is False and deposit is None:
+        over = f"{where}: door closed"
+    else:
+        over = f"{where}: back in order"
+    return raised, over
 
 
 def alarm_source(cabinet_id: str, index: int) -> str:

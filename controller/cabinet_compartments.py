@@ -36,9 +36,11 @@ from rules.cabinet import CompartmentState, Holding, Outcome, VisitKind, compart
 class Visit:
     """A deposit, pickup or clear under way at one compartment.
 
-    It starts when the request is accepted and ends when a reading shows the
-    door closed again or its deadline passes; whoever made the request waits
-    on ``done``. Visits are held in memory only: a restart ends them all.
+    It starts when the request is accepted and ends when a reading shows its
+    door closed again after it was seen open, or its contents changed since
+    it started (``item_at_start``), or when its deadline passes; whoever made
+    the request waits on ``done``. Visits are held in memory only: a restart
+    ends them all.
     """
 
     kind: VisitKind
@@ -48,6 +50,7 @@ class Visit:
     started: datetime
     by: str
     done: asyncio.Future[Outcome]
+    item_at_start: bool | None = None  # the item sensor when it began (None: unknown)
     opened: bool = False  # the door was seen open since the pulse
 
 

@@ -110,11 +110,11 @@ class Pickups:
                 time=now,
             )
         if not await self._visits.pulse(cabinet, visit):
-            raise CabinetRefused(
-                503,
-                "cabinet_unavailable",
-                "the compartment did not open; the code still works, try again",
-            )
+            if visit.opened:  # typed again at an open door: the pickup goes on
+                message = f"the cabinet did not confirm the unlock; door {deposit.label} is open"
+            else:
+                message = "the compartment did not open; the code still works, try again"
+            raise CabinetRefused(503, "cabinet_unavailable", message)
         return {"compartment": deposit.compartment, "label": deposit.label}
 
     def _wrong_code(self, cabinet: Cabinet, kiosk: str, now: datetime) -> None:

@@ -3,9 +3,10 @@
 ``GET /api/cabinets/{id}`` shows each compartment's state
 (:func:`rules.cabinet.compartment_state`), since when, and the deposit in it
 with its reference and recipient (staff only), but never a code. The health
-status counts free compartments, deposits held and expired, open doors,
-visits under way, today's pickups (in the site's zone) and the kiosk tokens
-locked out now. This module only reads; it owns the shape of both answers.
+status counts free compartments, deposits held (not those whose item is
+gone) and expired, open doors, visits under way, today's pickups (in the
+site's zone) and the kiosk tokens locked out now. This module only reads;
+it owns the shape of both answers.
 """
 
 from __future__ import annotations
@@ -80,7 +81,14 @@ class CabinetView:
             cabinets[cabinet.id] = {
                 "online": self._cabinets.online(cabinet),
                 "free": states.count(CompartmentState.FREE),
-                "holding": sum(1 for d in occupying if d.state is DepositState.HOLDING),
+                # A deposit whose item is gone shows as a fault, not as held.
+                "holding": sum(
+                    1
+                    for d in occupying
+                    if d.state is DepositState.HOLDING
+                    and self._cabinets.state_of(cabinet, d.compartment, d, reading)
+                    is not CompartmentState.FAULT
+                ),
                 "expired": sum(1 for d in occupying if d.state is DepositState.EXPIRED),
                 "open_doors": sum(1 for door in (reading.doors_open if reading else ()) if door),
                 "visits": len(cabinet.visits),

@@ -24,7 +24,14 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from controller.cabinet_alarms import CompartmentAlarms
-from controller.cabinet_compartments import Cabinet, Cabinets, Visit, deposit_details, local_iso
+from controller.cabinet_compartments import (
+    Cabinet,
+    Cabinets,
+    Visit,
+    deposit_details,
+    flags,
+    local_iso,
+)
 from controller.cabinet_store import CabinetStore, DepositState
 from controller.clock import Clock
 from controller.device_writes import DeviceWriter
@@ -81,26 +88,33 @@ class Visits:
     ) -> Visit:
         """Claim compartment ``index`` for a visit; the caller pulses it next."""
         done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        visit = Visit(kind, cabinet.id, index, deposit_id, now, by, done)
+        _, item = flags(self._cabinets.known(cabinet), index)
+        visit = Visit(kind, cabinet.id, index, deposit_id, now, by, done, item_at_start=item)
         cabinet.visits[index] = visit
         self._wake()
         return visit
 
     async def pulse(self, cabinet: Cabinet, visit: Visit) -> bool:
-        """Pulse the visit's compartment open; a failure ends the visit at once."""
+        """Pulse the visit's compartment open; False when the cabinet did not confirm it.
+
+        An unconfirmed pulse ends the visit at once (``unlock_failed``) unless
+        its door has already been seen open: a code typed again while its
+        pickup's door stands open pulses again, and if that pulse fails the
+        pickup still goes on until the door closes, as any open visit does.
+        """
         try:
             await self._writer.write(
                 cabinet.id, [PointWrite("unlock", True, index=visit.compartment)]
             )
         except (WriteFailed, ValueError) as error:
             self._logger.error(
-                "%s: compartment %d did not open: %s",
+                "%s: the unlock of compartment %d was not confirmed: %s",
                 cabinet.id,
                 visit.compartment + 1,
                 error,
                 extra={"device": cabinet.id},
             )
-            if cabinet.visits.get(visit.compartment) is visit:
+            if cabinet.visits.get(visit.compartment) is visit and not visit.opened:
                 now = self._clock.now()
                 self.finish(cabinet, visit, Outcome.UNLOCK_FAILED, now)
                 self._alarms.reconcile(cabinet, now)
@@ -154,11 +168,18 @@ class Visits:
                         time=now,
                     )
                 else:
+                    if deposit.collectable(now):
+                        after = "the same code still collects it"
+                    else:  # it expired while the pickup was under way: it expires now
+                        after = (
+                            f"it expired at {local_iso(deposit.expires, self._zone)};"
+                            " staff must clear it"
+                        )
                     self._events.record(
                         "cabinet_pickup_incomplete",
                         f"{cabinet.id}: pickup of deposit {deposit.id} ({deposit.reference})"
                         f" at compartment {label} not completed: {OUTCOME_TEXT[outcome]};"
-                        " the same code still collects it",
+                        f" {after}",
                         severity=Severity.WARNING,
                         room=room,
                         device=cabinet.id,

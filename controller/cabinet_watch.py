@@ -5,7 +5,9 @@ What happens at a compartment is learnt only from the cabinet's own readings
 command. :meth:`CabinetWatch.on_reading` keeps track of which doors are open
 since when, notices a door opening with nothing under way (tamper), and ends
 a visit when a reading shows what it came to
-(:func:`rules.cabinet.visit_outcome`).
+(:func:`rules.cabinet.visit_outcome`). A door already open at the first
+reading after a start was not seen opening: the alarms raised about it
+before the restart carry over until it closes.
 
 :meth:`CabinetWatch.tick` acts at deadlines: a visit given up
 (:func:`rules.cabinet.visit_deadline`), a deposit expiring uncollected, a
@@ -24,7 +26,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from controller.cabinet_alarms import CompartmentAlarms
-from controller.cabinet_compartments import Cabinets, flags
+from controller.cabinet_compartments import Cabinet, Cabinets, flags
 from controller.cabinet_store import CabinetStore, DepositState
 from controller.cabinet_visits import Visits
 from controller.events import ReadingReceived
@@ -72,6 +74,8 @@ class CabinetWatch:
             before, _ = flags(previous, index)
             visit = cabinet.visits.get(index)
             if door:
+                if before is None and visit is None:
+                    self._found_open(cabinet, index)
                 cabinet.open_since.setdefault(index, now)
                 if visit is not None:
                     visit.opened = True
@@ -81,11 +85,28 @@ class CabinetWatch:
                 cabinet.open_since.pop(index, None)
                 cabinet.unexplained.discard(index)
             if visit is not None and door is not None and item is not None:
-                outcome = visit_outcome(visit.kind, visit.opened, door, item)
+                outcome = visit_outcome(visit.kind, visit.opened, door, item, visit.item_at_start)
                 if outcome is not None:
                     self._visits.finish(cabinet, visit, outcome, now)
         self._alarms.reconcile(cabinet, now)
         self._wake()
+
+    def _found_open(self, cabinet: Cabinet, index: int) -> None:
+        """A door already open at the first reading after a start.
+
+        The controller did not see it open, so the alarms it had raised about
+        it before the restart say what it was: an active ``door_left_open``
+        stays, the door counted open since the moment that alarm recorded (so
+        it is never cleared as "door closed" and raised again a minute later),
+        and an active ``cabinet_tamper`` stays until the door closes, as for
+        a door seen forced. A door with neither alarm is not tamper, and its
+        ``door_left_open`` counts from this reading.
+        """
+        since = self._alarms.left_open_since(cabinet.id, index)
+        if since is not None:
+            cabinet.open_since[index] = since
+        if self._alarms.tampered(cabinet.id, index):
+            cabinet.unexplained.add(index)
 
     def tick(self, now: datetime) -> None:
         """Act on every deadline reached by ``now``: visits given up, deposits expiring."""

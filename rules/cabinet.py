@@ -115,28 +115,34 @@ class Outcome(enum.StrEnum):
 
 
 def visit_outcome(
-    kind: VisitKind, opened: bool, door_open: bool, item_present: bool
+    kind: VisitKind,
+    opened: bool,
+    door_open: bool,
+    item_present: bool,
+    item_at_start: bool | None,
 ) -> Outcome | None:
     """What a reading means for a visit in progress; None while it goes on.
 
-    ``opened`` is whether the door was seen open since the pulse. A door that
-    opened and closed between two polls is not seen open, so a change of the
-    contents alone also ends a visit (an item now in an empty compartment, or
-    gone from a full one).
+    A visit ends when its door, seen open since the pulse (``opened``), is
+    closed again. A door that opened and closed between two polls is never
+    seen open, so a change of the contents since the visit began
+    (``item_at_start``, None when unknown) ends it too: an item now in an
+    empty compartment, or gone from a full one. Contents that are just as
+    they were end nothing, even when they are what the visit came for (a
+    clear or a pickup of a compartment whose document is already gone): the
+    visit waits for its door or its deadline, so a door pulled open a moment
+    after the pulse is still the visit's, not tamper.
     """
     if door_open:
         return None
+    changed = item_at_start is not None and item_present != item_at_start
+    if not (opened or changed):
+        return None
     if kind is VisitKind.DEPOSIT:
-        if item_present:
-            return Outcome.DEPOSITED
-        return Outcome.CLOSED_EMPTY if opened else None
+        return Outcome.DEPOSITED if item_present else Outcome.CLOSED_EMPTY
     if kind is VisitKind.PICKUP:
-        if not item_present:
-            return Outcome.COLLECTED
-        return Outcome.LEFT_INSIDE if opened else None
-    if opened or not item_present:
-        return Outcome.CLOSED
-    return None
+        return Outcome.LEFT_INSIDE if item_present else Outcome.COLLECTED
+    return Outcome.CLOSED
 
 
 def visit_deadline(
@@ -195,7 +201,8 @@ def wanted_alarms(facts: CompartmentFacts, now: datetime, open_after: timedelta)
       progress (until it closes), or a deposit's item is gone with no pickup.
     - ``uncollected``: the deposit expired uncollected, or an item lies in a
       compartment that no deposit accounts for (a deposit that failed or was
-      interrupted, a clear that left the item).
+      interrupted, a clear that left the item). Such an item's alarm ends with
+      a clear, or once the door is seen closed with the compartment empty.
     """
     door, item = facts.door_open, facts.item_present
     if door is None:
@@ -213,10 +220,14 @@ def wanted_alarms(facts: CompartmentFacts, now: datetime, open_after: timedelta)
         tamper = missing
     if facts.holding is Holding.EXPIRED:
         uncollected: bool | None = True
-    elif facts.holding is Holding.NONE:
-        uncollected = None if idle_closed is None else idle_closed and item is True
-    else:
+    elif facts.holding is not Holding.NONE:
         uncollected = False
+    elif door is None or item is None or (door and facts.visit is None):
+        # Unknown, or open with nothing under way: whether the item is taken
+        # shows when the door closes, so the alarm stays as it is until then.
+        uncollected = None
+    else:
+        uncollected = facts.visit is None and item
     return WantedAlarms(door_left_open, tamper, uncollected)
 
 

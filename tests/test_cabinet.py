@@ -64,10 +64,17 @@ async def make_rig() -> AsyncIterator[MakeRig]:
     made: list[CabinetRig] = []
 
     async def make(
-        *, start: datetime | None = None, data_dir: Path | None = None, site: Site | None = None
+        *,
+        start: datetime | None = None,
+        data_dir: Path | None = None,
+        site: Site | None = None,
+        open_doors: tuple[int, ...] = (),
     ) -> CabinetRig:
+        """A started rig whose first poll shows the doors ``open_doors`` open."""
         clock = VirtualClock(start or at(18))
         rig = CabinetRig(site or load_site(CHANGBAI), clock, data_dir)
+        for index in open_doors:
+            rig.cabinet.doors[index] = True
         rig.start()
         made.append(rig)
         return rig
@@ -442,6 +449,97 @@ async def test_a_clear_whose_unlock_fails_leaves_the_deposit_cleared_and_flagged
     assert not rig.alarms.is_active("uncollected", "cabinet-1/0")
 
 
+async def test_clearing_a_compartment_whose_document_is_gone_raises_no_tamper(
+    rig: CabinetRig,
+) -> None:
+    await rig.deposit("REF-1")
+    rig.cabinet.force_open(0)  # the document is taken without a pickup
+    rig.cabinet.close(0, item=False)
+    assert rig.alarms.is_active("cabinet_tamper", "cabinet-1/0")
+
+    # Staff clear it. The pulse is confirmed, but the door only swings open when
+    # they pull it, after the poll that follows the pulse (which shows it closed).
+    rig.cabinet.jam(0)
+    await rig.service.clear(CABINET, 0, STAFF_FINGERPRINT, "investigating")
+    assert not rig.alarms.is_active("cabinet_tamper", "cabinet-1/0")
+    assert rig.service.view(CABINET)["compartments"][0]["state"] == "clearing"
+    await rig.clock.advance(2)
+    rig.cabinet.force_open(0)
+    assert not rig.alarms.is_active("cabinet_tamper", "cabinet-1/0")
+    await rig.clock.advance(10)
+    rig.cabinet.close(0, item=False)
+
+    assert rig.service.view(CABINET)["compartments"][0]["state"] == "free"
+    assert "cabinet_clear_incomplete" not in rig.event_kinds()
+    tamper = [e for e in rig.events.query(kind="cabinet_tamper") if e.device == CABINET]
+    assert [event.state for event in tamper] == ["active", "cleared"]
+    assert tamper[-1].message == "cabinet-1 compartment 1: cleared by token:staff001"
+
+
+async def test_a_pickup_does_not_end_before_its_door_opens(rig: CabinetRig) -> None:
+    receipt = await rig.deposit("REF-1")
+    rig.cabinet.items[0] = False  # the document is gone (the sensor's fault, or a thief)
+    rig.cabinet.report()
+    assert rig.service.view(CABINET)["compartments"][0]["state"] == "fault"
+    rig.cabinet.jam(0)  # the resident's door opens a moment after the pulse
+    await rig.pickup(receipt.code, KIOSK)
+    assert rig.service.view(CABINET)["compartments"][0]["state"] == "collecting"
+
+    await rig.clock.advance(3)
+    rig.cabinet.force_open(0)  # the resident pulls it open
+    assert rig.service.view(CABINET)["compartments"][0]["state"] == "collecting"
+    assert not rig.alarms.is_active("cabinet_tamper", "cabinet-1/0")
+    await rig.clock.advance(10)
+    rig.cabinet.close(0, item=False)
+
+    assert rig.service.view(CABINET)["compartments"][0]["state"] != "collecting"
+    assert not [e for e in rig.events.query(kind="cabinet_tamper") if "opened with no" in e.message]
+
+
+async def test_a_failed_second_pulse_does_not_end_a_pickup_whose_door_is_open(
+    rig: CabinetRig,
+) -> None:
+    receipt = await rig.deposit("REF-1")
+    await rig.pickup(receipt.code, KIOSK)
+    assert rig.cabinet.doors[0] is True
+    rig.cabinet.fail_writes = True
+    again = await refused(rig.pickup(receipt.code, KIOSK))  # typed again; not confirmed
+    assert (again.status, again.code) == (503, "cabinet_unavailable")
+    assert "door 1 is open" in again.message
+    assert rig.service.view(CABINET)["compartments"][0]["state"] == "collecting"
+
+    await rig.clock.advance(20)
+    rig.cabinet.close(0, item=False)  # the resident took the document
+
+    deposit = rig.service.find_deposit(receipt.deposit_id)
+    assert deposit is not None
+    assert deposit.state is DepositState.COLLECTED
+    assert not rig.alarms.is_active("cabinet_tamper", "cabinet-1/0")
+    assert "cabinet_pickup_incomplete" not in rig.event_kinds()
+
+
+async def test_an_item_nobody_accounts_for_taken_without_a_clear(rig: CabinetRig) -> None:
+    rig.cabinet.items[5] = True
+    rig.cabinet.report()
+    assert rig.alarms.is_active("uncollected", "cabinet-1/5")
+
+    rig.cabinet.force_open(5)
+    assert rig.alarms.is_active("cabinet_tamper", "cabinet-1/5")
+    assert rig.alarms.is_active("uncollected", "cabinet-1/5")  # open: not taken yet
+    await rig.clock.advance(10)
+    rig.cabinet.close(5, item=False)
+
+    assert not rig.alarms.is_active("uncollected", "cabinet-1/5")
+    assert not rig.alarms.is_active("cabinet_tamper", "cabinet-1/5")
+    ended = rig.events.query(kind="uncollected")[-1]
+    assert ended.state == "cleared"
+    assert ended.message == "cabinet-1 compartment 6: the item was taken out without a clear"
+    assert len(rig.events.query(kind="uncollected")) == 2  # raised once, cleared once
+    assert rig.events.query(kind="cabinet_tamper")[-1].message == (
+        "cabinet-1 compartment 6: door closed"
+    )
+
+
 async def test_an_expiry_is_on_time_across_one_long_clock_jump(rig: CabinetRig) -> None:
     receipt = await rig.deposit("REF-1", hold_hours=3)
 
@@ -462,6 +560,26 @@ async def test_a_pickup_under_way_at_the_expiry_finishes_first(rig: CabinetRig) 
 
     assert "uncollected" not in rig.event_kinds()
     assert "cabinet_pickup" in rig.event_kinds()
+
+
+async def test_a_pickup_left_incomplete_past_the_expiry_promises_no_code(
+    rig: CabinetRig,
+) -> None:
+    receipt = await rig.deposit("REF-1", hold_hours=1)
+    await rig.walk(at(19, 0, 10))
+    await rig.pickup(receipt.code, KIOSK)
+    await rig.walk(at(19, 0, 40))  # past the expiry at 19:00:20, the door is still open
+    rig.cabinet.close(0, item=True)  # the resident left it inside
+    await rig.settle()
+
+    incomplete = rig.events.query(kind="cabinet_pickup_incomplete")[0]
+    assert "still collects" not in incomplete.message
+    assert "expired at 2026-11-23T19:00:20+08:00" in incomplete.message
+    deposit = rig.service.find_deposit(receipt.deposit_id)
+    assert deposit is not None
+    assert deposit.state is DepositState.EXPIRED
+    assert rig.alarms.is_active("uncollected", "cabinet-1/0")
+    assert (await refused(rig.pickup(receipt.code, KIOSK))).status == 403
 
 
 async def test_a_wrong_code_never_reaches_the_log(
@@ -555,10 +673,67 @@ async def test_alarms_raised_before_a_restart_clear_after_it(
     assert not second.alarms.is_active("cabinet_tamper", "cabinet-1/7")
 
 
+async def test_a_door_still_open_after_a_restart_keeps_its_door_left_open_alarm(
+    make_rig: MakeRig, tmp_path: Path
+) -> None:
+    first = await make_rig(data_dir=tmp_path)
+    first.cabinet.force_open(7)
+    await first.walk(at(18, 2))
+    assert first.alarms.is_active("door_left_open", "cabinet-1/7")
+    await first.stop()
+
+    second = await make_rig(start=at(18, 3), data_dir=tmp_path, open_doors=(7,))  # never closed
+    assert second.alarms.is_active("door_left_open", "cabinet-1/7")
+    compartment = second.service.view(CABINET)["compartments"][7]
+    assert (compartment["state"], compartment["since"]) == ("open", at(18).isoformat())
+    await second.walk(at(18, 5))
+    second.cabinet.close(7, item=False)
+
+    assert [(kind, state, moment) for kind, _, state, moment in second.alarm_story()] == [
+        ("cabinet_tamper", "active", at(18)),
+        ("door_left_open", "active", at(18, 1)),
+        ("door_left_open", "cleared", at(18, 5)),
+        ("cabinet_tamper", "cleared", at(18, 5)),
+    ]
+
+
+async def test_a_forced_door_still_open_after_a_restart_keeps_its_tamper_alarm(
+    make_rig: MakeRig, tmp_path: Path
+) -> None:
+    first = await make_rig(data_dir=tmp_path)
+    first.cabinet.force_open(7)
+    assert first.alarms.is_active("cabinet_tamper", "cabinet-1/7")
+    await first.stop()
+
+    second = await make_rig(start=at(18, 0, 30), data_dir=tmp_path, open_doors=(7,))
+    assert second.alarms.is_active("cabinet_tamper", "cabinet-1/7")
+    second.cabinet.close(7, item=False)
+
+    assert not second.alarms.is_active("cabinet_tamper", "cabinet-1/7")
+    assert len(second.events.query(kind="cabinet_tamper")) == 2  # raised once, cleared once
+
+
+async def test_a_door_open_at_the_first_reading_without_alarms_is_not_tamper(
+    make_rig: MakeRig,
+) -> None:
+    rig = await make_rig(open_doors=(3,))
+
+    assert not rig.alarms.is_active("cabinet_tamper", "cabinet-1/3")
+    await rig.clock.advance(59)
+    assert not rig.alarms.is_active("door_left_open", "cabinet-1/3")
+    await rig.clock.advance(1)
+    assert rig.alarms.is_active("door_left_open", "cabinet-1/3")
+    alarm = rig.alarms.query(kind="door_left_open")[0]
+    assert alarm.details["open_since"] == at(18).isoformat()
+
+
 async def test_status_counts_per_cabinet(rig: CabinetRig) -> None:
     await rig.deposit("REF-1")
     await rig.deposit("REF-2", hold_hours=1)
+    await rig.deposit("REF-3")
     await rig.walk(at(19, 30))
+    rig.cabinet.force_open(2)  # REF-3 is taken without a pickup: a fault, not held
+    rig.cabinet.close(2, item=False)
 
     status = rig.service.status()
 
@@ -566,7 +741,7 @@ async def test_status_counts_per_cabinet(rig: CabinetRig) -> None:
         "cabinets": {
             CABINET: {
                 "online": True,
-                "free": 22,
+                "free": 21,
                 "holding": 1,
                 "expired": 1,
                 "open_doors": 0,
@@ -637,26 +812,35 @@ D, P, C = VisitKind.DEPOSIT, VisitKind.PICKUP, VisitKind.CLEAR
 
 
 @pytest.mark.parametrize(
-    ("kind", "opened", "door_open", "item", "expected"),
+    ("kind", "opened", "door_open", "item", "at_start", "expected"),
     [
-        (D, False, False, False, None),  # not open yet
-        (D, True, True, True, None),  # still open
-        (D, True, False, True, Outcome.DEPOSITED),
-        (D, False, False, True, Outcome.DEPOSITED),  # opened and closed between two polls
-        (D, True, False, False, Outcome.CLOSED_EMPTY),
-        (P, False, False, True, None),
-        (P, True, False, False, Outcome.COLLECTED),
-        (P, False, False, False, Outcome.COLLECTED),
-        (P, True, False, True, Outcome.LEFT_INSIDE),
-        (C, False, False, True, None),
-        (C, True, False, True, Outcome.CLOSED),
-        (C, True, False, False, Outcome.CLOSED),
+        (D, False, False, False, False, None),  # not open yet
+        (D, True, True, True, False, None),  # still open
+        (D, True, False, True, False, Outcome.DEPOSITED),
+        (D, False, False, True, False, Outcome.DEPOSITED),  # opened and closed between polls
+        (D, True, False, False, False, Outcome.CLOSED_EMPTY),
+        (D, False, False, True, None, None),  # contents at the start unknown: wait for the door
+        (P, False, False, True, True, None),
+        (P, True, False, False, True, Outcome.COLLECTED),
+        (P, False, False, False, True, Outcome.COLLECTED),  # taken between two polls
+        (P, False, False, False, False, None),  # already gone: the door has not opened yet
+        (P, True, False, True, True, Outcome.LEFT_INSIDE),
+        (C, False, False, True, True, None),
+        (C, True, False, True, True, Outcome.CLOSED),
+        (C, True, False, False, True, Outcome.CLOSED),
+        (C, False, False, False, True, Outcome.CLOSED),  # taken between two polls
+        (C, False, False, False, False, None),  # already gone: the door has not opened yet
     ],
 )
 def test_what_a_reading_means_for_a_visit(
-    kind: VisitKind, opened: bool, door_open: bool, item: bool, expected: Outcome | None
+    kind: VisitKind,
+    opened: bool,
+    door_open: bool,
+    item: bool,
+    at_start: bool | None,
+    expected: Outcome | None,
 ) -> None:
-    assert visit_outcome(kind, opened, door_open, item) == expected
+    assert visit_outcome(kind, opened, door_open, item, at_start) == expected
 
 
 def test_visit_deadlines() -> None:
@@ -696,7 +880,11 @@ def facts(**changes: object) -> CompartmentFacts:
         ),
         (
             facts(door_open=True, open_since=T0, unexplained_open=True),
-            WantedAlarms(False, True, False),
+            WantedAlarms(False, True, None),
+        ),
+        (  # nobody's item, door forced: whether it is taken shows when it closes
+            facts(door_open=True, item_present=True, open_since=T0, unexplained_open=True),
+            WantedAlarms(False, True, None),
         ),
         (facts(holding=Holding.HOLDING, item_present=False), WantedAlarms(False, True, False)),
         (facts(holding=Holding.HOLDING, item_present=True), WantedAlarms(False, False, False)),

@@ -300,9 +300,20 @@ class ControllerService:
                 "MQTT link did not stop within %.1f s", self._settings.shutdown_timeout
             )
             link_task.cancel()
+        if workers:
+            # Bounded like the link: a part that ignores its cancel must not keep
+            # SIGTERM from finishing (the process exits and takes it along).
+            _, stuck = await asyncio.wait(workers, timeout=self._settings.shutdown_timeout)
+            for worker in stuck:
+                self._logger.error(
+                    "%s did not stop within %.1f s",
+                    worker.get_name(),
+                    self._settings.shutdown_timeout,
+                )
         for worker in workers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
+            if worker.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    worker.result()
         with contextlib.suppress(asyncio.CancelledError):
             await link_task
 

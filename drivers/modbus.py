@@ -146,6 +146,9 @@ class ModbusConnection:
         if not connected:
             client.close()
             raise ModbusLinkError(f"cannot connect to {self.name}")
+        if _cancel_swallowed():
+            client.close()
+            raise asyncio.CancelledError()
         self._client = client
         return client
 
@@ -158,6 +161,9 @@ class ModbusConnection:
         except OSError as error:
             self.close()
             raise ModbusLinkError(f"{self.name}: {error}") from error
+        if _cancel_swallowed():
+            self.close()  # the request finished, but the task was told to stop
+            raise asyncio.CancelledError()
         if response.isError():
             code = response.exception_code if isinstance(response, ExceptionResponse) else 0
             raise ModbusDeviceError(code)
@@ -169,6 +175,18 @@ class ModbusConnection:
             # pymodbus reports our own cancellation as an I/O error: keep it a cancel.
             return asyncio.CancelledError()
         return ModbusLinkError(f"no answer from {self.name}: {_reason(error)}")
+
+
+def _cancel_swallowed() -> bool:
+    """Whether this task was cancelled yet its await returned normally.
+
+    On Python 3.11, ``asyncio.wait_for`` (inside pymodbus) hands back an answer
+    that arrived in the same loop step as a cancel, and the cancel is lost; a
+    poller would then poll on and never stop. The task still says it is being
+    cancelled, so the cancel is raised here instead.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _reason(error: ModbusException) -> str:

@@ -429,3 +429,45 @@ async def test_an_unconfirmed_write_is_an_alarm_on_the_events_topic_and_in_the_a
             assert controller.service.health()["alarms"]["active"] == 1
         finally:
             await controller.shutdown()
+
+
+async def test_the_modbus_poller_stops_even_when_cancelled_as_an_answer_arrives() -> None:
+    """Stopping the controller cancels ``ModbusDevices.run()``, which must then end.
+
+    On Python 3.11, ``asyncio.wait_for`` returns the result instead of raising
+    when its future completes in the same loop turn as the cancellation, and
+    pymodbus waits for every answer that way. ``ModbusConnection.read`` then
+    returns normally with the task still cancelling, the hub goes on polling
+    with the cancellation lost, and ``ControllerService.run`` (which awaits
+    its workers without a bound when it stops) hangs, as 3 of 5 stops of the
+    busy Saturday at 300x did. Here the poller is cancelled a few loop
+    turns after the device received a request, so that one of the cancels
+    lands while the answer is on its way.
+    """
+    clock = SystemClock()
+    profiles = load_profiles()
+    draft = site_with([ac("ac-1", 1)]).devices[0]
+    stuck = []
+    async with ModbusDeviceServer(draft, profiles["generic-ac"], port=0, clock=clock) as server:
+        site = site_with([ac("ac-1", server.port, poll=0.05, timeout=0.02)])
+        for turns in range(6):
+            devices = ModbusDevices(site, profiles, EventBus(), clock)
+            running = asyncio.create_task(devices.run())
+            # Turn by turn (a timed poll would be far too coarse) until the
+            # device has a request, then ``turns`` turns more.
+            before = server.requests
+            deadline = time.monotonic() + 5
+            while server.requests == before:
+                assert time.monotonic() < deadline, "the poller sent no request"
+                await asyncio.sleep(0)
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            running.cancel()
+            done, _ = await asyncio.wait({running}, timeout=1.0)
+            if not done:
+                stuck.append(turns)
+                for task in asyncio.all_tasks():
+                    if task.get_name().startswith(f"modbus-127.0.0.1:{server.port}"):
+                        task.cancel()  # once more, to clean up
+                await asyncio.wait({running}, timeout=1.0)
+    assert not stuck, f"cancelled {stuck} loop turns after a request, the poller went on"

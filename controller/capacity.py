@@ -110,18 +110,23 @@ class CapacityGuard:
             if peak is not None and count <= peak:
                 return  # still over, no new peak: the alarm already says so
             details = {"count": count, "capacity": capacity, "peak": count}
-            message = f"{label} over capacity: {count} people, capacity {capacity}"
-            if peak is None:
-                # One commit: the alarm and its webhook are stored together or not at all.
-                with self._alarms.transaction():
-                    self._alarms.raise_alarm(
-                        ALARM_KIND,
-                        room_id,
-                        message,
-                        severity=Severity.WARNING,
-                        room=room_id,
-                        details=details,
-                    )
+            first = peak is None
+            message = (
+                f"{label} over capacity: {count} people, capacity {capacity}"
+                if first
+                else f"{label} over capacity: up to {count} people, capacity {capacity}"
+            )
+            # One commit: the alarm and (on a new raise) its webhook, or neither.
+            with self._alarms.transaction():
+                self._alarms.raise_alarm(
+                    ALARM_KIND,
+                    room_id,
+                    message,
+                    severity=Severity.WARNING,
+                    room=room_id,
+                    details=details,
+                )
+                if first:
                     self._webhooks.enqueue(
                         WEBHOOK_TYPE,
                         {
@@ -132,16 +137,8 @@ class CapacityGuard:
                         },
                         time=now,
                     )
+            if first:
                 self._logger.warning("%s", message)
-            else:
-                self._alarms.raise_alarm(
-                    ALARM_KIND,
-                    room_id,
-                    f"{label} over capacity: up to {count} people, capacity {capacity}",
-                    severity=Severity.WARNING,
-                    room=room_id,
-                    details=details,
-                )
             self._peaks[room_id] = count
         elif peak is not None and count <= capacity - self._hysteresis:
             self._alarms.clear(

@@ -248,13 +248,15 @@ class ControllerService:
             stack.callback(self.access.stop)
             self.access.reconcile()
             # After access: a door decision never waits behind the services below.
-            for part in (self.device_health, self.visitors, self.capacity):
+            for part in (
+                self.device_health,
+                self.visitors,
+                self.capacity,
+                self.climate,
+                self.cabinets,
+            ):
                 part.start()
                 stack.callback(part.stop)
-            self.climate.start()
-            stack.callback(self.climate.stop)
-            self.cabinets.start()
-            stack.callback(self.cabinets.stop)
             if self.auth.open:
                 self._logger.warning(
                     "no CENTER_API_TOKENS configured: "

@@ -246,3 +246,8 @@ async def controller(broker: Broker, site: Site) -> AsyncIterator[RunningControl
     yield running
     if not running.task.done():
         await running.shutdown()
+
+
+# The `victoria` fixture (a real VictoriaMetrics), registered for every test module;
+# imported last because tests.victoria uses free_port from this module.
+from tests.victoria import victoria_fixture  # noqa: E402, F401

@@ -92,6 +92,21 @@ class CommandUnconfirmed:
     time: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class VisitorsCounted:
+    """A people counter's reading, turned into exact increments by the visitor counter.
+
+    ``inside`` is the people inside the whole building afterwards (all entrances),
+    as the visitor counter keeps it: never negative, reset at local midnight.
+    """
+
+    device_id: str
+    entries: int
+    exits: int
+    inside: int
+    time: datetime
+
+
 Event = (
     ReadingReceived
     | AvailabilityChanged
@@ -100,4 +115,5 @@ Event = (
     | DeviceStateChanged
     | FireAlarmChanged
     | CommandUnconfirmed
+    | VisitorsCounted
 )

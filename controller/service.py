@@ -17,7 +17,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -43,6 +43,9 @@ from controller.settings import Settings
 from controller.silence import SilenceWatch
 from controller.site import Site
 from controller.state import LiveState
+from controller.timeseries.influx import InfluxSender
+from controller.timeseries.recorder import PointRecorder
+from controller.timeseries.writer import TimeSeriesWriter, WriterOptions
 from controller.visitors import VisitorCounter
 from controller.webhooks import WebhookQueue
 from drivers.modbus_profile import Profile, load_profiles
@@ -171,6 +174,24 @@ class ControllerService:
             alarms=self.alarms,
             writer=self.modbus,
         )
+        self.timeseries = TimeSeriesWriter(
+            settings.data_dir,
+            clock,
+            alarms=self.alarms,
+            events=self.events,
+            sender=_influx_sender(settings),
+            spool_max_bytes=settings.spool_max_bytes,
+            options=WriterOptions(
+                batch_size=settings.influx_batch_size,
+                flush_interval=settings.influx_flush_interval,
+                retention=timedelta(days=settings.store_retention_days),
+                history=timedelta(days=settings.store_history_days),
+                retry_max=settings.influx_retry_max,
+                stop_timeout=settings.shutdown_timeout,
+            ),
+        )
+        self.recorder = PointRecorder(site, self.state, self.bus, self.timeseries.add)
+        self.events.listen(self.recorder.on_logged_event)
         self.auth = TokenAuth(settings.scopes_by_token())
         self.app = create_app(
             site=site,
@@ -196,9 +217,10 @@ class ControllerService:
         """Liveness and readiness, per part: ``ok``, ``degraded`` or ``down``."""
         devices = self.device_health.summary()
         mqtt = self.link.status.to_json()
+        store = self.timeseries.status()
         if not self.link.status.connected:
             status = "down"
-        elif devices["offline"]:
+        elif devices["offline"] or store["status"] != "ok":
             status = "degraded"
         else:
             status = "ok"
@@ -216,6 +238,7 @@ class ControllerService:
                 "event_handler_errors": self.bus.handler_errors,
             },
             "modbus": self.modbus.status(),
+            "store": store,
             "access": self.access.status(),
             "locks": self.locks.status(),
             "alarms": self.alarms.counts(),
@@ -257,6 +280,11 @@ class ControllerService:
             ):
                 part.start()
                 stack.callback(part.stop)
+            # Points are recorded from here on; the writer stops after the recorder.
+            self.timeseries.start()
+            stack.push_async_callback(self.timeseries.stop)
+            self.recorder.start(self.booking_store.unfinished(), self._clock.now())
+            stack.callback(self.recorder.stop)
             if self.auth.open:
                 self._logger.warning(
                     "no CENTER_API_TOKENS configured: "
@@ -273,6 +301,7 @@ class ControllerService:
                 asyncio.create_task(self.visitors.run(), name="visitors"),
                 asyncio.create_task(self.climate.run(), name="climate"),
                 asyncio.create_task(self.cabinets.run(), name="cabinets"),
+                asyncio.create_task(self.timeseries.run(), name="timeseries"),
             ]
             stack.push_async_callback(self._stop_tasks, link_task, workers)
             if ready is not None:
@@ -335,6 +364,26 @@ class ControllerService:
             yield
         finally:
             await runner.cleanup()
+
+
+def _influx_sender(settings: Settings) -> InfluxSender | None:
+    """The InfluxDB sender, or None for the embedded store (no CENTER_INFLUX_URL)."""
+    if not settings.influx_url:
+        return None
+    if not settings.influx_bucket:
+        raise ConfigurationError(
+            "CENTER_INFLUX_URL is set but CENTER_INFLUX_BUCKET is not; name the bucket"
+        )
+    try:
+        return InfluxSender(
+            url=settings.influx_url,
+            token=settings.influx_token.get_secret_value() if settings.influx_token else None,
+            org=settings.influx_org,
+            bucket=settings.influx_bucket,
+            timeout=settings.influx_timeout,
+        )
+    except ValueError as error:
+        raise ConfigurationError(f"CENTER_INFLUX_URL: {error}") from None
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     influx_token: SecretStr | None = None
     influx_org: str | None = None
     influx_bucket: str | None = None
+    influx_batch_size: int = Field(default=5000, ge=1, le=100_000)
+    influx_flush_interval: float = Field(default=1.0, gt=0, le=60)
+    influx_timeout: float = Field(default=10.0, gt=0, le=300)
+    influx_retry_max: float = Field(default=30.0, gt=0, le=3600)
+    spool_max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    store_retention_days: int = Field(default=30, ge=1, le=3650)
+    store_history_days: int = Field(default=730, ge=1, le=36500)
 
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)
@@ -128,6 +135,14 @@ class Settings(BaseSettings):
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return level
+
+    @model_validator(mode="after")
+    def _history_covers_retention(self) -> Settings:
+        if self.store_history_days < self.store_retention_days:
+            raise ValueError(
+                "store_history_days (hourly rollups) must be at least store_retention_days"
+            )
+        return self
 
     def mqtt_endpoint(self) -> MqttEndpoint | None:
         if self.mqtt_url is None:

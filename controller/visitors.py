@@ -31,7 +31,7 @@ from typing import Any
 from controller.bus import EventBus, Unsubscribe
 from controller.clock import Clock, sleep_or_wake
 from controller.event_log import EventLog, Severity
-from controller.events import ReadingReceived
+from controller.events import ReadingReceived, VisitorsCounted
 from controller.readings import CounterReading
 from controller.site import Device, DeviceKind, Site
 from rules.visitors import (
@@ -308,6 +308,7 @@ class VisitorCounter:
         if step.state == before and not step.increments:
             return
         inside = self._inside
+        counted: list[VisitorsCounted] = []
         with self._events.transaction() as db:
             db.execute(
                 "INSERT INTO visitor_counters (device, state) VALUES (?, ?)"
@@ -334,6 +335,11 @@ class VisitorCounter:
                 # midnight) join that day's totals; the people inside were reset since.
                 if day == self._day:
                     inside = add_inside(inside, increment.entries, increment.exits)
+                counted.append(
+                    VisitorsCounted(
+                        device_id, increment.entries, increment.exits, inside, increment.time
+                    )
+                )
             if inside != self._inside and self._day is not None:
                 db.execute(
                     "UPDATE visitor_days SET inside = ? WHERE day = ?",
@@ -343,6 +349,8 @@ class VisitorCounter:
                 self._record_restart(device_id, step.restart)
         self._states[device_id] = step.state
         self._inside = inside
+        for event in counted:
+            self._bus.publish(event)
 
     def _record_restart(self, device_id: str, restart: Restart) -> None:
         self._logger.info(

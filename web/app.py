@@ -16,7 +16,7 @@ from controller.bookings import booking_json
 from controller.settings import Scope
 from controller.site import Room, Site
 from controller.state import LiveState
-from web import access, bookings, cabinets, climate, visitors
+from web import access, bookings, cabinets, climate, metrics, reports, visitors
 from web.app_keys import HEALTH, SITE, STATE, HealthReport
 from web.auth import TokenAuth, requires
 from web.errors import ApiError, error_response
@@ -51,6 +51,8 @@ def create_app(
     visitors.add_routes(app)
     climate.add_routes(app)
     cabinets.add_routes(app)
+    reports.add_routes(app)
+    metrics.add_routes(app)
     add_openapi_route(
         app,
         title="center-controller API",

@@ -430,9 +430,12 @@ class HistoryReader:
             if not ids:
                 return []
             boundary = int(_meta(db, "minutes_from") or 0)
+            grid = (first, step)
             rows = [
-                *_rollups(db, "rollup_hour", HOUR, ids, field, first, min(last, boundary)),
-                *_rollups(db, "rollup_minute", MINUTE, ids, field, max(first, boundary), last),
+                *_rollups(db, "rollup_hour", HOUR, ids, field, grid, first, min(last, boundary)),
+                *_rollups(
+                    db, "rollup_minute", MINUTE, ids, field, grid, max(first, boundary), last
+                ),
             ]
         return to_buckets(rows, first, step)
 
@@ -475,7 +478,9 @@ class HistoryReader:
         db = sqlite3.connect(self._path, timeout=5.0)
         try:
             db.execute("PRAGMA query_only=ON")
-            yield db
+            # The writer creates the file a moment before its tables: nothing stored yet.
+            ready = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'series'").fetchone()
+            yield db if ready else None
         finally:
             db.close()
 
@@ -495,17 +500,30 @@ def _rollups(
     seconds: int,
     ids: list[int],
     name: str,
+    grid: tuple[int, int],
     first: int,
     last: int,
 ) -> list[tuple[int, int, float, float, float, float]]:
+    """Rows of ``table`` in ``[first, last)``. When they fit the query's grid
+    (``grid``: its origin and step), SQLite merges them into it, so a month in day
+    buckets is 31 rows for Python rather than 44,640; ``to_buckets`` then merges
+    grid rows exactly as it merges the rows themselves."""
     if first >= last:
         return []
+    origin, step = grid
     placeholders = ",".join("?" * len(ids))
-    cursor = db.execute(
-        f"SELECT bucket, {seconds}, weight, total, min, max FROM {table}"
-        f" WHERE series IN ({placeholders}) AND field = ? AND bucket >= ? AND bucket < ?",
-        (*ids, name, first, last),
-    )
+    where = f"series IN ({placeholders}) AND field = ? AND bucket >= ? AND bucket < ?"
+    if step > seconds and step % seconds == 0 and origin % seconds == 0:
+        cursor = db.execute(
+            f"SELECT ? + (bucket - ?) / ? * ? AS cell, ?, sum(weight), sum(total), min(min),"
+            f" max(max) FROM {table} WHERE {where} GROUP BY cell",
+            (origin, origin, step, step, step, *ids, name, first, last),
+        )
+    else:
+        cursor = db.execute(
+            f"SELECT bucket, {seconds}, weight, total, min, max FROM {table} WHERE {where}",
+            (*ids, name, first, last),
+        )
     return cursor.fetchall()
 
 

@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from controller.bookings import booking_json
 from controller.settings import Scope
@@ -35,9 +36,12 @@ def create_app(
     services: Services,
     version: str = "dev",
 ) -> web.Application:
+    registry = CollectorRegistry()  # this app's own: never prometheus-client's global one
     app = web.Application(
-        middlewares=[_json_errors, auth.middleware], client_max_size=MAX_BODY_BYTES
+        middlewares=[metrics.latency_middleware(registry), _json_errors, auth.middleware],
+        client_max_size=MAX_BODY_BYTES,
     )
+    app[metrics.METRICS] = registry
     app[SITE] = site
     app[STATE] = state
     app[HEALTH] = health

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -17,13 +18,16 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from controller.clock import SystemClock
+from controller.database import DATABASE_FILE
 from controller.demo import EXAMPLE_SITE, SimulationOptions, demo, parse_start, simulate
 from controller.logs import setup_logging
+from controller.reports import PeriodError, Reports, parse_period, read_only_bookings
 from controller.service import ConfigurationError, ControllerService
 from controller.settings import Settings
 from controller.site import Site, SiteError
 from controller.site_profiles import SiteWithProfiles, load_site_with_profiles
 from controller.site_summary import summarize
+from controller.timeseries.embedded import TIMESERIES_FILE, HistoryReader
 from simulators.faults import FaultPlan
 from simulators.scenarios import scenario_choices
 
@@ -45,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _simulate(args)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "report":
+        return _report_utilization(args)
     parser.error(f"unknown command {args.command}")
     return EXIT_CONFIG
 
@@ -78,6 +84,31 @@ def _parser() -> argparse.ArgumentParser:
         "--http-host", help="HTTP address to listen on (default 127.0.0.1 for the demo)"
     )
     _simulation_arguments(demo)
+    report = commands.add_parser(
+        "report",
+        help="print a report from the data directory (CENTER_DATA_DIR), "
+        "whether or not the daemon runs",
+    )
+    reports = report.add_subparsers(dest="report", metavar="REPORT", required=True)
+    utilization = reports.add_parser(
+        "utilization", help="room utilization per room for a period of days"
+    )
+    utilization.add_argument("--site", type=Path, required=True, help="site file (TOML)")
+    utilization.add_argument(
+        "--from",
+        dest="first",
+        metavar="DATE",
+        required=True,
+        help="first day, YYYY-MM-DD in the site's zone",
+    )
+    utilization.add_argument(
+        "--to",
+        dest="last",
+        metavar="DATE",
+        required=True,
+        help="last day (inclusive), at most 366 days",
+    )
+    utilization.add_argument("--csv", action="store_true", help="CSV instead of a table")
     return parser
 
 
@@ -237,6 +268,44 @@ def _run(site_path: Path) -> int:
         print(f"centerctl run: {error}", file=sys.stderr)
         return EXIT_CONFIG
     return asyncio.run(_until_signal(service.run))
+
+
+def _report_utilization(args: argparse.Namespace) -> int:
+    loaded = _load(args.site)
+    if isinstance(loaded, int):
+        return loaded
+    settings, center = loaded
+    site = center.site
+    clock = SystemClock(site.site.zone)
+    try:
+        first, last = parse_period(
+            args.first, args.last, clock.now().date(), names=("--from", "--to")
+        )
+    except PeriodError as error:
+        print(f"centerctl report: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    data_dir = settings.data_dir
+    if not data_dir.is_dir():
+        print(
+            f"centerctl report: no data directory {data_dir} "
+            "(set CENTER_DATA_DIR to the controller's)",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    for name in (DATABASE_FILE, TIMESERIES_FILE):
+        if not (data_dir / name).exists():
+            print(f"centerctl report: {data_dir / name} does not exist yet", file=sys.stderr)
+    try:
+        with read_only_bookings(data_dir / DATABASE_FILE) as bookings:
+            reports = Reports(site, clock, bookings, HistoryReader(data_dir / TIMESERIES_FILE))
+            report = reports.utilization_blocking(first, last, clock.now())
+    except sqlite3.Error as error:
+        print(f"centerctl report: cannot read {data_dir}: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    text = report.to_csv() if args.csv else report.to_table()
+    sys.stdout.buffer.write(text.encode("utf-8"))
+    sys.stdout.flush()
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

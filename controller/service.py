@@ -38,11 +38,13 @@ from controller.event_log import EventLog
 from controller.ingest import MqttIngest
 from controller.modbus_poller import ModbusDevices
 from controller.mqtt_link import MqttLink
+from controller.reports import Reports
 from controller.room_publisher import RoomStatePublisher
 from controller.settings import Settings
 from controller.silence import SilenceWatch
 from controller.site import Site
 from controller.state import LiveState
+from controller.timeseries.embedded import HistoryReader
 from controller.timeseries.influx import InfluxSender
 from controller.timeseries.recorder import PointRecorder
 from controller.timeseries.writer import TimeSeriesWriter, WriterOptions
@@ -192,6 +194,9 @@ class ControllerService:
         )
         self.recorder = PointRecorder(site, self.state, self.bus, self.timeseries.add)
         self.events.listen(self.recorder.on_logged_event)
+        self.reports = Reports(
+            site, clock, self.bookings, HistoryReader(self.timeseries.timeseries_path)
+        )
         self.auth = TokenAuth(settings.scopes_by_token())
         self.app = create_app(
             site=site,
@@ -207,6 +212,7 @@ class ControllerService:
                 visitors=self.visitors,
                 climate=self.climate,
                 cabinets=self.cabinets,
+                reports=self.reports,
             ),
             version=_version(),
         )

@@ -30,8 +30,10 @@ from controller.events import AvailabilityChanged, AvailabilitySource, ReadingRe
 from controller.ingest import command_topic
 from controller.modbus_poller import PointWrite, WriteFailed
 from controller.readings import FireAlarmReading, LockReading, LockState, OccupancyReading
+from controller.reports import Reports
 from controller.site import DeviceKind, Site
 from controller.state import LiveState
+from controller.timeseries.embedded import HistoryReader
 from controller.visitors import VisitorCounter
 from controller.webhooks import WebhookQueue
 from rules.bookings import Booking
@@ -47,6 +49,7 @@ class AccessRig:
     data_dir: Path | None
     webhook_url: str | None = None
     connected: bool = True
+    timeseries: Path | None = None  # the reports' time-series file; None: no history
     sent: list[tuple[str, str]] = field(default_factory=list)  # (device, LOCK|UNLOCK)
 
     def __post_init__(self) -> None:
@@ -118,6 +121,9 @@ class AccessRig:
             cabinets=CabinetService(
                 *common, db=self.db, events=self.events, alarms=self.alarms, writer=writer
             ),
+            reports=Reports(
+                self.site, self.clock, self.bookings, HistoryReader(self.timeseries or _NO_FILE)
+            ),
         )
 
     # -- the MQTT side ------------------------------------------------------
@@ -182,6 +188,9 @@ class AccessRig:
     def webhook_types(self) -> list[str]:
         rows = self.db.execute("SELECT body FROM webhook_deliveries ORDER BY seq").fetchall()
         return [orjson.loads(row[0])["type"] for row in rows]
+
+
+_NO_FILE = Path("/nonexistent/timeseries.sqlite3")  # a reader of it answers nothing
 
 
 class _NoModbus:

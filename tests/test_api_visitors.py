@@ -227,7 +227,7 @@ async def test_the_route_is_in_the_openapi_document(make_api: MakeApi) -> None:
     async with api.client.get("/api/openapi.json") as response:
         document = await response.json()
     operation = document["paths"]["/api/visitors"]["get"]
-    assert [parameter["name"] for parameter in operation["parameters"]] == ["date"]
+    assert [parameter["name"] for parameter in operation["parameters"]] == ["date", "from", "to"]
     assert {"200", "401", "403", "422"} <= set(operation["responses"])
 
 

@@ -13,6 +13,7 @@ from controller.cabinet import CabinetService
 from controller.climate import ClimateController
 from controller.clock import Clock
 from controller.event_log import EventLog
+from controller.reports import Reports
 from controller.visitors import VisitorCounter
 
 
@@ -26,6 +27,7 @@ class Services:
     visitors: VisitorCounter
     climate: ClimateController
     cabinets: CabinetService
+    reports: Reports
 
 
 SERVICES = web.AppKey("services", Services)

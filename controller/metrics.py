@@ -115,7 +115,7 @@ _PLAIN_COUNTERS: tuple[_Plain, ...] = (
     ),
     (
         "center_store_points_rejected_total",
-        "Time-series points the store refused (kept in the spool, retried slowly).",
+        "Time-series points the store rejected as data (set aside in spool/rejected.lp).",
         ("store", "points_rejected"),
     ),
 )

@@ -84,3 +84,45 @@ async def test_the_store_keeps_history_across_a_restart(tmp_path: Path) -> None:
     second.add(Point(CLIMATE, (("temperature", 22.5),), time_ns(T) + 1))
     await second.stop()
     assert stored(tmp_path) == [21.5, 22.5]
+
+
+async def test_retention_and_downsampling_run_on_the_clock(tmp_path: Path) -> None:
+    """A month on: raw points past the retention are gone, their hour's rollup stays."""
+    clock = VirtualClock(T)
+    writer = writer_for(
+        tmp_path,
+        clock,
+        flush_interval=3600.0,
+        retention=timedelta(days=30),
+        history=timedelta(days=60),
+    )
+    writer.start()
+    runner = asyncio.create_task(writer.run())
+    for minute, temperature in enumerate((30.0, 32.0, 34.0)):
+        writer.add(
+            Point(CLIMATE, (("temperature", temperature),), time_ns(T) + minute * 60 * 10**9)
+        )
+    await clock.advance(3600)
+    await wait_until(lambda: len(stored(tmp_path)) == 3, message="the day's points")
+    reader = HistoryReader(tmp_path / TIMESERIES_FILE)
+
+    def hour_of_t() -> list[tuple[float, float, float | None]]:
+        return [
+            (bucket.minimum, bucket.maximum, bucket.mean)
+            for bucket in reader.buckets(
+                "climate", {"device": "t1"}, "temperature", T, T + timedelta(hours=1), step=3600
+            )
+        ]
+
+    assert hour_of_t() == [(30.0, 34.0, 32.0)]
+    await clock.advance(timedelta(days=29))
+    assert len(stored(tmp_path)) == 3  # within the retention: kept
+
+    await clock.advance(timedelta(days=2))
+    await wait_until(lambda: stored(tmp_path) == [], message="raw points past the retention")
+    assert hour_of_t() == [(30.0, 34.0, 32.0)]  # downsampled, not lost
+
+    await clock.advance(timedelta(days=30))
+    await wait_until(lambda: hour_of_t() == [], message="hour rollups past the history")
+    runner.cancel()
+    await writer.stop()

@@ -21,7 +21,9 @@ from controller.clock import SystemClock
 from controller.database import DATABASE_FILE
 from controller.demo import EXAMPLE_SITE, SimulationOptions, demo, parse_start, simulate
 from controller.logs import setup_logging
-from controller.reports import PeriodError, Reports, parse_period, read_only_bookings
+from controller.report_period import PeriodError, parse_period
+from controller.report_sources import read_only_bookings
+from controller.reports import Reports
 from controller.service import ConfigurationError, ControllerService
 from controller.settings import Settings
 from controller.site import Site, SiteError

@@ -53,7 +53,9 @@ from controller.booking_store import BookingStore
 from controller.clock import VirtualClock
 from controller.database import DATABASE_FILE, open_database
 from controller.readings import ClimateReading, CounterReading, OccupancyReading
-from controller.reports import COLUMNS, Reports, query_plan
+from controller.report_output import COLUMNS
+from controller.report_queries import query_plan
+from controller.reports import Reports
 from controller.settings import Settings
 from controller.site import Site
 from controller.timeseries.embedded import TIMESERIES_FILE, EmbeddedStore, HistoryReader

@@ -8,17 +8,16 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.reports import (
+from controller.history import (
     DEFAULT_FIELDS,
     DEFAULT_HISTORY,
     DEFAULT_STEP,
     MAX_HISTORY_BUCKETS,
-    MEASUREMENTS,
-    PeriodError,
     UnknownField,
-    parse_period,
 )
+from controller.report_period import PeriodError, parse_period
 from controller.settings import Scope
+from controller.timeseries.recorder import MEASUREMENTS
 from web.app_keys import SITE
 from web.auth import requires
 from web.bodies import ApiTime, read_query

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from controller.reports import PeriodError, parse_period
+from controller.report_period import PeriodError, parse_period
 from controller.settings import Scope
 from controller.visitors import VisitorDay
 from web.app_keys import SITE, STATE

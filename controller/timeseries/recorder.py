@@ -14,7 +14,7 @@ small tuple handed to the writer, which encodes it on its own thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
 from controller.bus import EventBus, Unsubscribe
@@ -38,7 +38,8 @@ from rules.bookings import Booking, BookingStatus
 
 PointSink = Callable[[Point], None]
 
-_MEASUREMENTS = {
+# Which measurement a device's readings are stored in (CONTRACT §6, plus fire).
+MEASUREMENTS: Mapping[DeviceKind, str] = {
     DeviceKind.OCCUPANCY: "occupancy",
     DeviceKind.PEOPLE_COUNTER: "people",
     DeviceKind.CLIMATE: "climate",
@@ -63,11 +64,11 @@ class PointRecorder:
         site_id = site.site.id
         self._device_series = {
             device.id: Series.of(
-                _MEASUREMENTS[device.kind],
+                MEASUREMENTS[device.kind],
                 {"site": site_id, "room": _room_tag(device), "device": device.id},
             )
             for device in site.devices
-            if device.kind in _MEASUREMENTS
+            if device.kind in MEASUREMENTS
         }
         self._room_series = {
             room.id: Series.of("room", {"site": site_id, "room": room.id}) for room in site.rooms

@@ -47,6 +47,7 @@ from controller.state import LiveState
 from controller.timeseries.embedded import HistoryReader
 from controller.timeseries.influx import InfluxSender
 from controller.timeseries.recorder import PointRecorder
+from controller.timeseries.spool import SpoolError
 from controller.timeseries.writer import TimeSeriesWriter, WriterOptions
 from controller.visitors import VisitorCounter
 from controller.webhooks import WebhookQueue
@@ -176,22 +177,10 @@ class ControllerService:
             alarms=self.alarms,
             writer=self.modbus,
         )
-        self.timeseries = TimeSeriesWriter(
-            settings.data_dir,
-            clock,
-            alarms=self.alarms,
-            events=self.events,
-            sender=_influx_sender(settings),
-            spool_max_bytes=settings.spool_max_bytes,
-            options=WriterOptions(
-                batch_size=settings.influx_batch_size,
-                flush_interval=settings.influx_flush_interval,
-                retention=timedelta(days=settings.store_retention_days),
-                history=timedelta(days=settings.store_history_days),
-                retry_max=settings.influx_retry_max,
-                stop_timeout=settings.shutdown_timeout,
-            ),
-        )
+        try:
+            self.timeseries = self._timeseries_writer(settings, clock)
+        except SpoolError as error:  # e.g. another controller uses this data directory
+            raise ConfigurationError(str(error)) from None
         self.recorder = PointRecorder(site, self.state, self.bus, self.timeseries.add)
         self.events.listen(self.recorder.on_logged_event)
         self.reports = Reports(
@@ -218,6 +207,24 @@ class ControllerService:
         )
         self._started: datetime | None = None
         self.http_port: int | None = None
+
+    def _timeseries_writer(self, settings: Settings, clock: Clock) -> TimeSeriesWriter:
+        return TimeSeriesWriter(
+            settings.data_dir,
+            clock,
+            alarms=self.alarms,
+            events=self.events,
+            sender=_influx_sender(settings),
+            spool_max_bytes=settings.spool_max_bytes,
+            options=WriterOptions(
+                batch_size=settings.influx_batch_size,
+                flush_interval=settings.influx_flush_interval,
+                retention=timedelta(days=settings.store_retention_days),
+                history=timedelta(days=settings.store_history_days),
+                retry_max=settings.influx_retry_max,
+                stop_timeout=settings.shutdown_timeout,
+            ),
+        )
 
     def health(self) -> dict[str, Any]:
         """Liveness and readiness, per part: ``ok``, ``degraded`` or ``down``."""

@@ -126,3 +126,41 @@ async def test_retention_and_downsampling_run_on_the_clock(tmp_path: Path) -> No
     await wait_until(lambda: hour_of_t() == [], message="hour rollups past the history")
     runner.cancel()
     await writer.stop()
+
+
+async def test_a_failing_embedded_store_alarms_and_loses_nothing(tmp_path: Path) -> None:
+    """The store's file cannot be opened (here: a directory stands in its place): the
+    points wait, store_unavailable is raised, and all are stored once it can be."""
+    blocker = tmp_path / TIMESERIES_FILE
+    blocker.mkdir()
+    clock = VirtualClock(T)
+    db = open_database(tmp_path)
+    events = EventLog(db, clock)
+    alarms = AlarmBook(db, events, clock)
+    writer = TimeSeriesWriter(
+        tmp_path,
+        clock,
+        alarms=alarms,
+        events=events,
+        sender=None,
+        spool_max_bytes=1 << 20,
+        options=WriterOptions(retry_min=0.01, retry_max=0.05, alarm_after=5.0),
+    )
+    writer.start()
+    runner = asyncio.create_task(writer.run())
+    for i in range(3):
+        writer.add(Point(CLIMATE, (("temperature", 20.0 + i),), time_ns(T) + i))
+    await clock.advance(1)
+    await wait_until(lambda: writer.status()["status"] == "degraded", message="degraded")
+    assert not alarms.is_active("store_unavailable", "timeseries-embedded")  # not yet a minute
+    await clock.advance(6)
+    assert alarms.is_active("store_unavailable", "timeseries-embedded")
+    assert "timeseries.sqlite3" in (writer.status()["last_error"] or "")
+
+    blocker.rmdir()
+    await wait_until(lambda: len(stored(tmp_path)) == 3, message="the waiting points stored")
+    await clock.advance(1)
+    assert not alarms.is_active("store_unavailable", "timeseries-embedded")
+    assert writer.status()["status"] == "ok"
+    runner.cancel()
+    await writer.stop()

@@ -45,7 +45,8 @@ from controller.timeseries.influx import InfluxSender, WriteOutcome, WriteResult
 from controller.timeseries.points import Point, encode_lines, time_ns
 from controller.timeseries.spool import Spool, SpoolChunk
 
-STORE_SOURCE = "timeseries"
+STORE_SOURCE = "timeseries"  # alarms about InfluxDB and the spool
+EMBEDDED_SOURCE = "timeseries-embedded"  # alarms about timeseries.sqlite3
 TIMESERIES_FILE = "timeseries.sqlite3"
 SPOOL_DIRECTORY = "spool"
 REJECTED_FILE = "rejected.lp"
@@ -265,6 +266,7 @@ class TimeSeriesWriter:
                 self._alarms.clear(
                     "spool_near_full", STORE_SOURCE, f"the spool is down to {fill:.0%}"
                 )
+        self._watch_embedded(now)
         dropped = self._figures.dropped
         if dropped > self._reported_drops:
             newly = dropped - self._reported_drops
@@ -275,6 +277,33 @@ class TimeSeriesWriter:
                 f"{newly} of the oldest time-series points were dropped: the spool was full",
                 severity=Severity.WARNING,
                 details={"dropped": newly, "dropped_total": dropped},
+            )
+
+    def _watch_embedded(self, now: datetime) -> None:
+        """``store_unavailable`` for the embedded file when its writes keep failing."""
+        worker = self._worker
+        active = self._alarms.is_active("store_unavailable", EMBEDDED_SOURCE)
+        since = worker.failing_since
+        if worker.failing and since is not None:
+            failing_for = (time_ns(now) - since) / 1e9
+            if not active and failing_for >= self._options.alarm_after:
+                only_copy = self._spool is None
+                self._alarms.raise_alarm(
+                    "store_unavailable",
+                    EMBEDDED_SOURCE,
+                    f"writing {worker.path} has failed for {failing_for:.0f} s: "
+                    f"{self._figures.last_error}; "
+                    + (
+                        "points wait in memory and the oldest are dropped past "
+                        f"{self._options.max_queued_points} points"
+                        if only_copy
+                        else "reports miss this time (InfluxDB still gets every point)"
+                    ),
+                    severity=Severity.ALARM if only_copy else Severity.WARNING,
+                )
+        elif active:
+            self._alarms.clear(
+                "store_unavailable", EMBEDDED_SOURCE, f"{worker.path} takes writes again"
             )
 
     def _on_result(self, result: WriteResult, now: datetime) -> None:
@@ -351,7 +380,9 @@ class _StoreWorker(threading.Thread):
         self._maintain_at: int | None = None
         self._finish_at: int | None = None
         self._ready = threading.Condition()
+        self._embedded: EmbeddedStore | None = None
         self.failing = False
+        self.failing_since: int | None = None  # ns, by the writer's clock
 
     @property
     def queued_points(self) -> int:
@@ -378,31 +409,39 @@ class _StoreWorker(threading.Thread):
             self._ready.notify()
 
     def run(self) -> None:
-        store = EmbeddedStore(
-            self.path,
-            keep_raw=self._spool is None,
-            retention=self._options.retention,
-            history=self._options.history,
-            logger=self._logger,
-        )
         try:
             while True:
                 with self._ready:
                     while not self._batches and self._maintain_at is None:
                         if self._finish_at is not None:
-                            store.flush(self._finish_at)
+                            if self._embedded is not None:
+                                self._embedded.flush(self._finish_at)
                             return
                         self._ready.wait()
                     batch = self._batches.popleft() if self._batches else None
                     maintain_at, self._maintain_at = self._maintain_at, None
                 if batch is not None:
-                    self._store(store, *batch)
-                if maintain_at is not None:
-                    self._maintain(store, maintain_at)
+                    self._store(*batch)
+                if maintain_at is not None and self._embedded is not None:
+                    self._maintain(self._embedded, maintain_at)
         finally:
-            store.close()
+            if self._embedded is not None:
+                self._embedded.close()
 
-    def _store(self, store: EmbeddedStore, points: list[Point], now_ns: int) -> None:
+    def _store_file(self) -> EmbeddedStore:
+        """The embedded store, opened on first use in this thread (its SQLite connection
+        belongs to the thread that made it); an open that failed is tried again."""
+        if self._embedded is None:
+            self._embedded = EmbeddedStore(
+                self.path,
+                keep_raw=self._spool is None,
+                retention=self._options.retention,
+                history=self._options.history,
+                logger=self._logger,
+            )
+        return self._embedded
+
+    def _store(self, points: list[Point], now_ns: int) -> None:
         """Spool first (the durable copy), then the embedded store.
 
         With no InfluxDB the embedded store holds the only copy, so a failing write is
@@ -419,12 +458,14 @@ class _StoreWorker(threading.Thread):
                     oldest = min(point.time_ns for point in points)
                     self._figures.dropped += self._spool.append(body, len(points), oldest)
                     spooled = True
-                store.write(points, now_ns)
-            except Exception as error:  # disk full, a locked or broken database file
+                self._store_file().write(points, now_ns)
+            except Exception as error:  # disk full, a locked, broken or foreign database file
                 if not self.failing:
                     self._logger.exception("storing time-series points failed")
+                    self.failing_since = now_ns
                 self.failing = True
-                self._figures.last_error = f"{type(error).__name__}: {error}"
+                where = self.path.name if spooled else "the spool"
+                self._figures.last_error = f"{where}: {type(error).__name__}: {error}"
                 if (spooled and self._spool is not None) or self._finish_at is not None:
                     break  # rollups only, or stopping: nothing more can keep them
                 time.sleep(delay)
@@ -511,11 +552,16 @@ class _Sender(threading.Thread):
     def run(self) -> None:
         try:
             while not self._stopping.is_set():
-                chunk = self._spool.peek(self._options.batch_size)
-                if chunk is None:
-                    self._stopping.wait(self._options.flush_interval / 4)
-                    continue
-                self._send(chunk)
+                try:
+                    chunk = self._spool.peek(self._options.batch_size)
+                    if chunk is None:
+                        self._stopping.wait(self._options.flush_interval / 4)
+                        continue
+                    self._send(chunk)
+                except Exception as error:  # the spool's disk failed: keep trying, never die
+                    self._logger.exception("sending time-series points failed")
+                    self._figures.last_error = f"{type(error).__name__}: {error}"
+                    self._stopping.wait(self._backoff.next())
         finally:
             self._sender.close()
 

@@ -47,8 +47,7 @@ from controller.state import LiveState
 from controller.timeseries.embedded import HistoryReader
 from controller.timeseries.influx import InfluxSender
 from controller.timeseries.recorder import PointRecorder
-from controller.timeseries.spool import SpoolError
-from controller.timeseries.writer import TimeSeriesWriter, WriterOptions
+from controller.timeseries.writer import InfluxConfig, TimeSeriesWriter, WriterOptions
 from controller.visitors import VisitorCounter
 from controller.webhooks import WebhookQueue
 from drivers.modbus_profile import Profile, load_profiles
@@ -177,10 +176,7 @@ class ControllerService:
             alarms=self.alarms,
             writer=self.modbus,
         )
-        try:
-            self.timeseries = self._timeseries_writer(settings, clock)
-        except SpoolError as error:  # e.g. another controller uses this data directory
-            raise ConfigurationError(str(error)) from None
+        self.timeseries = self._timeseries_writer(settings, clock)
         self.recorder = PointRecorder(site, self.state, self.bus, self.timeseries.add)
         self.events.listen(self.recorder.on_logged_event)
         self.reports = Reports(
@@ -214,7 +210,7 @@ class ControllerService:
             clock,
             alarms=self.alarms,
             events=self.events,
-            sender=_influx_sender(settings),
+            influx=_influx_config(settings),
             spool_max_bytes=settings.spool_max_bytes,
             options=WriterOptions(
                 batch_size=settings.influx_batch_size,
@@ -224,6 +220,7 @@ class ControllerService:
                 retry_max=settings.influx_retry_max,
                 stop_timeout=settings.shutdown_timeout,
             ),
+            log_format=settings.log_format,
         )
 
     def health(self) -> dict[str, Any]:
@@ -379,24 +376,32 @@ class ControllerService:
             await runner.cleanup()
 
 
-def _influx_sender(settings: Settings) -> InfluxSender | None:
-    """The InfluxDB sender, or None for the embedded store (no CENTER_INFLUX_URL)."""
+def _influx_config(settings: Settings) -> InfluxConfig | None:
+    """Where points go, checked now; None for the embedded store (no CENTER_INFLUX_URL)."""
     if not settings.influx_url:
         return None
     if not settings.influx_bucket:
         raise ConfigurationError(
             "CENTER_INFLUX_URL is set but CENTER_INFLUX_BUCKET is not; name the bucket"
         )
-    try:
-        return InfluxSender(
-            url=settings.influx_url,
-            token=settings.influx_token.get_secret_value() if settings.influx_token else None,
-            org=settings.influx_org,
-            bucket=settings.influx_bucket,
-            timeout=settings.influx_timeout,
-        )
+    config = InfluxConfig(
+        url=settings.influx_url,
+        token=settings.influx_token.get_secret_value() if settings.influx_token else None,
+        org=settings.influx_org,
+        bucket=settings.influx_bucket,
+        timeout=settings.influx_timeout,
+    )
+    try:  # the store process builds its own; a bad URL is a setting's fault, said at start
+        InfluxSender(
+            url=config.url,
+            token=config.token,
+            org=config.org,
+            bucket=config.bucket,
+            timeout=config.timeout,
+        ).close()
     except ValueError as error:
         raise ConfigurationError(f"CENTER_INFLUX_URL: {error}") from None
+    return config
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:

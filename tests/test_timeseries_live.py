@@ -167,9 +167,12 @@ async def test_a_refused_token_keeps_the_points_and_raises_an_alarm(
             timeout=15,
             message="store_unavailable",
         )
-        store = running.service.timeseries.status()
+        writer = running.service.timeseries
+        await wait_until(
+            lambda: writer.status()["spool_points"] >= 50, message="every reading kept"
+        )
+        store = writer.status()
         assert store["status"] == "down"
-        assert store["spool_points"] >= 50
         assert store["points_dropped"] == 0
         assert "401" in (store["last_error"] or "")
         assert running.service.health()["status"] == "degraded"

@@ -7,6 +7,8 @@ real SQLite; waits poll the store with a deadline.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,7 +33,7 @@ def writer_for(data_dir: Path, clock: VirtualClock, **options: object) -> TimeSe
         clock,
         alarms=AlarmBook(db, events, clock),
         events=events,
-        sender=None,
+        influx=None,
         spool_max_bytes=1 << 20,
         options=WriterOptions(**options),  # type: ignore[arg-type]
     )
@@ -55,7 +57,8 @@ async def test_points_reach_the_embedded_store_each_flush_interval(tmp_path: Pat
     assert stored(tmp_path) == []  # still on the loop: nothing written synchronously
     await clock.advance(1.0)
     await wait_until(lambda: len(stored(tmp_path)) == 10, message="ten points stored")
-    assert writer.status()["points_written"] == 10
+    # The store process reports its figures a few times a second.
+    await wait_until(lambda: writer.status()["points_written"] == 10, message="reported")
     assert writer.status()["backend"] == "embedded"
     runner.cancel()
     await writer.stop()
@@ -142,7 +145,7 @@ async def test_a_failing_embedded_store_alarms_and_loses_nothing(tmp_path: Path)
         clock,
         alarms=alarms,
         events=events,
-        sender=None,
+        influx=None,
         spool_max_bytes=1 << 20,
         options=WriterOptions(retry_min=0.01, retry_max=0.05, alarm_after=5.0),
     )
@@ -154,13 +157,56 @@ async def test_a_failing_embedded_store_alarms_and_loses_nothing(tmp_path: Path)
     await wait_until(lambda: writer.status()["status"] == "degraded", message="degraded")
     assert not alarms.is_active("store_unavailable", "timeseries-embedded")  # not yet a minute
     await clock.advance(6)
-    assert alarms.is_active("store_unavailable", "timeseries-embedded")
+
+    async def alarmed() -> bool:
+        await clock.advance(1)  # the writer looks at the store's report each flush interval
+        return alarms.is_active("store_unavailable", "timeseries-embedded")
+
+    deadline = asyncio.get_running_loop().time() + 5
+    while not await alarmed():
+        assert asyncio.get_running_loop().time() < deadline, "no store_unavailable"
     assert "timeseries.sqlite3" in (writer.status()["last_error"] or "")
 
     blocker.rmdir()
     await wait_until(lambda: len(stored(tmp_path)) == 3, message="the waiting points stored")
+    await wait_until(lambda: writer.status()["status"] == "ok", message="reported ok")
     await clock.advance(1)
     assert not alarms.is_active("store_unavailable", "timeseries-embedded")
-    assert writer.status()["status"] == "ok"
+    runner.cancel()
+    await writer.stop()
+
+
+async def test_a_store_process_that_dies_is_alarmed_and_started_again(tmp_path: Path) -> None:
+    clock = VirtualClock(T)
+    db = open_database(tmp_path)
+    events = EventLog(db, clock)
+    alarms = AlarmBook(db, events, clock)
+    writer = TimeSeriesWriter(
+        tmp_path, clock, alarms=alarms, events=events, influx=None, spool_max_bytes=1 << 20
+    )
+    writer.start()
+    runner = asyncio.create_task(writer.run())
+    writer.add(Point(CLIMATE, (("temperature", 20.0),), time_ns(T)))
+    await clock.advance(1)
+    await wait_until(lambda: stored(tmp_path) == [20.0], message="the first point")
+    first = writer.store_process_pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+
+    async def restarted() -> bool:
+        await clock.advance(1)
+        pid = writer.store_process_pid
+        return pid not in (None, first) and writer.status()["status"] == "ok"
+
+    deadline = asyncio.get_running_loop().time() + 10
+    seen_alarm = False
+    while not await restarted():
+        seen_alarm |= alarms.is_active("store_unavailable", "timeseries-process")
+        assert asyncio.get_running_loop().time() < deadline, "not started again"
+    assert seen_alarm
+    writer.add(Point(CLIMATE, (("temperature", 21.0),), time_ns(T) + 1))
+    await clock.advance(1)
+    await wait_until(lambda: stored(tmp_path) == [20.0, 21.0], message="stored after restart")
+    assert not alarms.is_active("store_unavailable", "timeseries-process")
     runner.cancel()
     await writer.stop()

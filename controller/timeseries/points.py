@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 FieldValue = bool | int | float | str
 Fields = tuple[tuple[str, FieldValue], ...]
@@ -27,11 +27,24 @@ _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\\": "\\\\"})
 
 @dataclass(frozen=True, slots=True)
 class Series:
-    """A measurement and its tags (sorted by key, empty values left out)."""
+    """A measurement and its tags (sorted by key, empty values left out).
+
+    Its hash is computed once: a series is a dictionary key for every point the
+    stores take, tens of thousands of times a second.
+    """
 
     measurement: str
     tags: tuple[tuple[str, str], ...]
     line_prefix: str = field(compare=False, repr=False)
+    _hash: int = field(compare=False, repr=False, default=0)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled by value and rebuilt, so the hash is of the process that reads it
+        (string hashes differ between processes)."""
+        return (Series.of, (self.measurement, dict(self.tags)))
 
     @classmethod
     def of(cls, measurement: str, tags: Mapping[str, str | None]) -> Series:
@@ -39,7 +52,7 @@ class Series:
         prefix = measurement.translate(_MEASUREMENT_ESCAPES) + "".join(
             f",{key.translate(_TAG_ESCAPES)}={value.translate(_TAG_ESCAPES)}" for key, value in kept
         )
-        return cls(measurement, kept, prefix)
+        return cls(measurement, kept, prefix, hash((measurement, kept)))
 
     def tag(self, key: str) -> str | None:
         for name, value in self.tags:
@@ -55,9 +68,12 @@ class Point(NamedTuple):
 
 
 def time_ns(moment: datetime) -> int:
-    """Nanoseconds since the epoch of an aware datetime, exactly (no float rounding)."""
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+    """Nanoseconds since the epoch of an aware datetime, exactly.
+
+    ``timestamp()`` is a float, but its whole seconds are exact for any time this
+    controller sees (a float holds 53 bits; the microseconds are added as an int).
+    """
+    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1_000
 
 
 def encode_field(value: FieldValue) -> str:

@@ -140,7 +140,11 @@ class PointRecorder:
             return
         self._last_room[room_id] = current
         occupied, count, booked = current
-        fields = make_fields({"occupied": occupied, "count": count, "booked": booked})
+        fields: Fields = (("booked", booked),)
+        if count is not None:
+            fields = (("count", count), *fields)
+        if occupied is not None:
+            fields = (("occupied", occupied), *fields)
         self._sink(Point(self._room_series[room_id], fields, time_ns(moment)))
 
 
@@ -151,7 +155,11 @@ def reading_fields(reading: Reading) -> Fields:
             return (("occupied", reading.occupied),)
         return (("occupied", reading.occupied), ("count", reading.count))
     if isinstance(reading, ClimateReading):
-        return make_fields({"temperature": reading.temperature, "humidity": reading.humidity})
+        if reading.humidity is None:
+            return make_fields({"temperature": reading.temperature})
+        if reading.temperature is None:
+            return (("humidity", reading.humidity),)
+        return (("temperature", reading.temperature), ("humidity", reading.humidity))
     if isinstance(reading, LockReading):
         door = None if reading.door is None else reading.door is DoorState.OPEN
         return make_fields({"locked": reading.state is LockState.LOCKED, "door_open": door})

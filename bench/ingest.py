@@ -1,41 +1,63 @@
-"""MQTT ingest benchmark: how many device messages a second the controller takes, and how fast.
+"""MQTT ingest benchmark: readings in through Mosquitto, out into the time-series store.
 
 Run by hand, not by pytest::
 
     python bench/ingest.py                       # 1000 devices, 10,000 msg/s for 10 s
+    python bench/ingest.py --store victoria --rate 25000 --seconds 20   # into VictoriaMetrics
     python bench/ingest.py --rate 40000 --json   # machine-readable report
     python bench/ingest.py --rate 40000 --profile /tmp/ingest.txt   # py-spy the target phase
     python bench/pyspy_top.py /tmp/ingest.txt    # ... and read where the time went
 
-What it does, sharing nothing with the controller but MQTT and HTTP:
+What it does, sharing nothing with the controller but MQTT, HTTP and the store:
 
 1. starts its own Mosquitto on a free loopback port, configured so that the broker
    itself never drops a message: ``max_queued_messages 0`` (no limit). For QoS 0
    messages to a subscriber that reads slower than they arrive, mosquitto's only
    choices are "send" and "drop", and with no limit it always sends, queueing the
    backlog in memory. So a loss can only come from the controller itself;
-2. writes a site file with N devices (one mmWave occupancy sensor with a count and
+2. the store (``--store``): ``embedded`` (the default, what ``centerctl run`` does
+   without ``CENTER_INFLUX_URL``: every point in ``timeseries.sqlite3``) or
+   ``victoria``: its own VictoriaMetrics (``bench/store.py``) on a free loopback port
+   and a temporary data directory, which the controller writes to through the
+   InfluxDB v2 API (``CENTER_INFLUX_URL``/``BUCKET``; ``CENTER_INFLUX_RETRY_MAX``
+   from ``--retry-max``; every other store setting is the product default). There
+   is no "no store" mode: the controller always records its points;
+3. writes a site file with N devices (one mmWave occupancy sensor with a count and
    one climate sensor per room, 2 devices a room) and starts
    ``python -m controller run`` on it as a subprocess;
-3. throughput: a publisher process speaking raw MQTT 3.1.1 (pre-encoded QoS 0
+4. throughput: a publisher process speaking raw MQTT 3.1.1 (pre-encoded QoS 0
    PUBLISH packets, written in ``sendall`` chunks every 2 ms) sends at the target
    rate, every message changing its device's value; the controller's
    ``/api/health`` counters are polled every 50 ms until every message is counted
-   or the counter stops moving. Sustained rate = messages processed / (first publish
-   -> the poll that saw the last one). Then "max" mode: a fixed number of messages
-   written as fast as the broker takes them, so the controller works through a
-   backlog at its own ceiling;
-4. after each throughput phase, a marker message tells when every room state the
+   and every point it made is stored (``store.points_written``; nothing waiting, the
+   spool empty), or a counter stops moving. Sustained rates = messages processed
+   (points stored) / (first publish -> the poll that saw the last one). Then "max"
+   mode: a fixed number of messages written as fast as the broker takes them, so
+   the controller works through a backlog at its own ceiling;
+5. after each throughput phase the points are counted *in the store*: VictoriaMetrics'
+   export API (after ``/internal/force_flush``), or the embedded ``raw`` table on a
+   read-only connection, per measurement (``occupancy``, ``climate``, ``room``), and
+   compared with the messages the publisher sent of each kind and with the
+   controller's counter. Samples of one series with the same timestamp are counted
+   apart (VictoriaMetrics keeps both; the embedded store merges them, as InfluxDB
+   would, so there they can only show as a row fewer);
+6. after each throughput phase, a marker message tells when every room state the
    controller published has come out of the broker (the room-state output lag);
-5. latency: at a low rate, each occupancy message gives its room a new count, and a
+7. latency: at a low rate, each occupancy message gives its room a new count, and a
    subscriber on ``center/<site>/room/+/state`` times publish -> room state. This
    includes the controller's own publish back through the broker, and with stock
    Mosquitto (``set_tcp_nodelay false``) Nagle's algorithm on the broker's sockets;
-   ``--broker-nodelay`` shows the latency without it.
+   ``--broker-nodelay`` shows the latency without it;
+8. replay (``--store victoria``, ``--replay N``): VictoriaMetrics is stopped, messages
+   are published flat out until the controller's spool holds N points, it is started
+   again on the same data directory and port, and the time from its first answer
+   to ``spool_points`` 0 gives the replay rate; the points are counted in it again.
 
-Exit status: 0 when the target-rate phase lost nothing, had no bad payloads and got
-every room state out; 1 when it did not; 2 when the benchmark could not run; 130 on
-Ctrl-C.
+Exit status: 0 when the target-rate phase lost nothing (no message, no point in the
+store), had no bad payloads and got every room state out, and the replay lost
+nothing; 1 when it did not; 2 when the benchmark could not run; 130 on Ctrl-C.
+Whether the rates reach ``--points-target`` and ``--replay-target`` is reported,
+not part of the exit status (it depends on the ``--rate`` asked for).
 
 No wait sleeps for things to settle: every wait polls a condition against a deadline
 (the publisher's pacing and the 50 ms poll period are the only sleeps). Everything
@@ -60,6 +82,7 @@ import tempfile
 import threading
 import time
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
@@ -71,6 +94,7 @@ import orjson
 import paho.mqtt.client as paho
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
+from store import COUNTED_FIELDS, StoredCount, StoreError, VictoriaMetrics, count_embedded
 
 SITE_ID = "bench"
 PREFIX = f"center/{SITE_ID}"
@@ -80,6 +104,11 @@ ROOM_CAPACITY = 50
 THROUGHPUT_COUNTS = 20
 LATENCY_COUNTS = range(THROUGHPUT_COUNTS + 1, ROOM_CAPACITY + 1)
 POLL_INTERVAL = 0.05  # seconds between /api/health polls while measuring
+# A store keeps up when its last point is in this long after the last message: the
+# writer hands over a batch at least every flush interval (1 s), and the sender looks
+# at the spool every quarter of it.
+STORE_LAG_LIMIT = 2.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # units of the CPU times in /proc/*/stat
 CHUNK_MESSAGES = 1000  # most messages the publisher writes in one sendall
 
 
@@ -269,6 +298,11 @@ class Controller:
     http_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     _http: http.client.HTTPConnection | None = None
+    environment: dict[str, str] = field(default_factory=dict)  # more CENTER_* settings
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
 
     @property
     def log_path(self) -> Path:
@@ -286,8 +320,9 @@ class Controller:
             CENTER_HTTP_HOST="127.0.0.1",
             CENTER_HTTP_PORT=str(self.http_port),
             CENTER_LOG_LEVEL="WARNING",
-            CENTER_DATA_DIR=str(self.workdir / "data"),
+            CENTER_DATA_DIR=str(self.data_dir),
         )
+        env.update(self.environment)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "controller", "run", "--site", str(self.site)],
@@ -386,17 +421,28 @@ class PacketStream:
 
     data: bytes
     offsets: list[int]  # n + 1 entries: start of each packet, then the end
+    kinds: tuple[str, ...] = ()  # the measurement each packet's device point goes to
 
     @property
     def messages(self) -> int:
         return len(self.offsets) - 1
 
+    def kind_counts(self, sent: int) -> dict[str, int]:
+        """Messages of each measurement among the first ``sent`` (the stream repeating)."""
+        if not self.kinds:
+            return {}
+        rounds, rest = divmod(sent, self.messages)
+        counts = Counter(self.kinds[:rest])
+        for kind, count in Counter(self.kinds).items():
+            counts[kind] += rounds * count
+        return dict(counts)
 
-def build_stream(packets: list[bytes]) -> PacketStream:
+
+def build_stream(packets: list[bytes], kinds: list[str] | None = None) -> PacketStream:
     offsets = [0]
     for packet in packets:
         offsets.append(offsets[-1] + len(packet))
-    return PacketStream(b"".join(packets), offsets)
+    return PacketStream(b"".join(packets), offsets, tuple(kinds or ()))
 
 
 def state_topic(device: str) -> str:
@@ -410,8 +456,10 @@ def throughput_stream(layout: Layout) -> PacketStream:
     last round's values differ from the first's, so every message changes its device.
     """
     packets: list[bytes] = []
+    kinds: list[str] = []
     for round_ in range(THROUGHPUT_COUNTS):
         for index, (device, kind, _) in enumerate(layout.devices):
+            kinds.append(kind)
             if kind == "occupancy":
                 payload = b'{"occupied":true,"count":%d}' % (1 + round_)
             else:
@@ -419,7 +467,7 @@ def throughput_stream(layout: Layout) -> PacketStream:
                 humidity = 40.0 + round_ * 0.5
                 payload = b'{"temperature":%.1f,"humidity":%.1f}' % (temperature, humidity)
             packets.append(publish_packet(state_topic(device), payload))
-    return build_stream(packets)
+    return build_stream(packets, kinds)
 
 
 def latency_plan(layout: Layout, total: int) -> list[tuple[str, int]]:
@@ -438,7 +486,8 @@ def latency_stream(layout: Layout, plan: list[tuple[str, int]]) -> PacketStream:
         [
             publish_packet(state_topic(occupancy_of[room]), b'{"occupied":true,"count":%d}' % count)
             for room, count in plan
-        ]
+        ],
+        ["occupancy"] * len(plan),
     )
 
 
@@ -564,36 +613,258 @@ def publisher(spec: PublishSpec) -> Iterator[Connection]:
         parent.close()
 
 
+# --------------------------------------------------------------------------- store
+
+
+@dataclass(frozen=True)
+class StoreCounters:
+    """``/api/health`` -> ``store``: what the controller says became of its points."""
+
+    written: int  # victoria: written to VictoriaMetrics; embedded: stored in SQLite
+    waiting: int  # made, not yet taken by the store worker (in memory)
+    spool_points: int  # victoria: spooled, not yet written
+    spool_bytes: int
+    dropped: int
+    retried: int
+    rejected: int
+
+    @classmethod
+    def of(cls, health: dict[str, Any]) -> StoreCounters:
+        store = health["store"]
+        return cls(
+            written=int(store["points_written"]),
+            waiting=int(store["points_waiting"]),
+            spool_points=int(store["spool_points"]),
+            spool_bytes=int(store["spool_bytes"]),
+            dropped=int(store["points_dropped"]),
+            retried=int(store["points_retried"]),
+            rejected=int(store["points_rejected"]),
+        )
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting in memory or in the spool: every point made so far is stored."""
+        return self.waiting == 0 and self.spool_points == 0
+
+
+@dataclass
+class BenchStore:
+    """The store the controller writes to, and how the bench counts what is in it."""
+
+    backend: str  # "embedded" or "victoria"
+    timeseries_path: Path
+    victoria: VictoriaMetrics | None = None
+    retry_max: float | None = None
+    victoria_peak_rss: int = 0  # VmHWM of every VictoriaMetrics process so far
+
+    def environment(self) -> dict[str, str]:
+        """The CENTER_* settings the controller gets for this store (beyond the defaults)."""
+        if self.victoria is None:
+            return {}
+        settings = {"CENTER_INFLUX_URL": self.victoria.url, "CENTER_INFLUX_BUCKET": SITE_ID}
+        if self.retry_max is not None:
+            settings["CENTER_INFLUX_RETRY_MAX"] = f"{self.retry_max:g}"
+        return settings
+
+    def count(self, since_ns: int, until_ns: int | None = None) -> dict[str, StoredCount]:
+        """Points per measurement in the store, stamped from ``since_ns`` to before ``until_ns``."""
+        if self.victoria is not None:
+            until_ms = None if until_ns is None else until_ns // 1_000_000
+            return self.victoria.count(SITE_ID, since_ns // 1_000_000, until_ms)
+        return count_embedded(self.timeseries_path, SITE_ID, since_ns, until_ns)
+
+    def watch(self) -> ProcessWatch | None:
+        if self.victoria is None or self.victoria.process is None:
+            return None
+        return ProcessWatch(psutil.Process(self.victoria.pid))
+
+    def note_victoria_rss(self) -> None:
+        """Keep VictoriaMetrics' VmHWM (call before it stops: the number goes with it)."""
+        if self.victoria is not None and self.victoria.process is not None:
+            hwm = peak_rss_bytes(self.victoria.pid)
+            self.victoria_peak_rss = max(self.victoria_peak_rss, hwm or 0)
+
+
+@dataclass
+class StoreCheck:
+    """The points of one phase counted in the store itself, against what caused them."""
+
+    sent: dict[str, int]  # messages the publisher sent, per measurement of their device point
+    in_store: dict[str, int]  # distinct samples (rows) that appeared, per measurement
+    duplicates: dict[str, int | None]  # samples sharing series and timestamp; None: not visible
+    points_written: int  # the controller's counter over the phase
+    missing_device_points: int  # messages sent whose point is not in the store
+    unaccounted: int  # counter - store: > 0 the counter says stored, the store lacks them
+    counts: int = 1  # how many times the store was counted until it held everything
+    count_seconds: float = 0.0  # from the first count to the last one
+    first_in_store: dict[str, int] | None = None  # the first count, when it came up short
+
+    @property
+    def total(self) -> int:
+        return sum(self.in_store.values())
+
+    @property
+    def zero_loss(self) -> bool:
+        return self.missing_device_points == 0 and self.unaccounted == 0
+
+
+def check_store(
+    before: dict[str, StoredCount],
+    after: dict[str, StoredCount],
+    sent: dict[str, int],
+    points_written: int,
+) -> StoreCheck:
+    in_store = {name: after[name].distinct - before[name].distinct for name in COUNTED_FIELDS}
+    duplicates: dict[str, int | None] = {}
+    for name in COUNTED_FIELDS:
+        was, now = before[name].duplicates, after[name].duplicates
+        duplicates[name] = None if was is None or now is None else now - was
+    missing = sum(max(0, count - in_store.get(kind, 0)) for kind, count in sent.items())
+    return StoreCheck(
+        sent=dict(sent),
+        in_store=in_store,
+        duplicates=duplicates,
+        points_written=points_written,
+        missing_device_points=missing,
+        unaccounted=points_written - sum(in_store.values()),
+    )
+
+
+def count_in_store(
+    store: BenchStore,
+    window: tuple[int, int | None],
+    before: dict[str, StoredCount],
+    sent: dict[str, int],
+    points_written: int,
+    *,
+    timeout: float,
+) -> StoreCheck:
+    """Count the store until it holds every point the counter says it took, or ``timeout``.
+
+    An embedded count is final at once (a committed SQLite transaction is there for
+    every reader). VictoriaMetrics makes what it acknowledged searchable after
+    ``/internal/force_flush``, yet a count has come up short once in a while and
+    complete when asked again, so a short count is asked again until the deadline;
+    how many counts it took is reported, and what is still missing then is a loss.
+    """
+    began = time.monotonic()
+    counts = 0
+    first: dict[str, int] | None = None
+    while True:
+        counts += 1
+        check = check_store(before, store.count(*window), sent, points_written)
+        check.counts = counts
+        check.count_seconds = time.monotonic() - began
+        check.first_in_store = first
+        if check.zero_loss or store.victoria is None or check.count_seconds > timeout:
+            return check
+        if first is None:
+            first = dict(check.in_store)
+            progress(f"the store holds fewer points than expected: {first}; counting again")
+        time.sleep(0.5)  # the pause between counts of the wait above, with its deadline
+
+
+def wait_store_idle(controller: Controller, *, timeout: float = 60.0) -> StoreCounters:
+    """Poll until every point the controller made is stored and the counter stands still."""
+    last: list[StoreCounters] = []
+
+    def idle() -> StoreCounters | None:
+        counters = StoreCounters.of(controller.health())
+        steady = bool(last) and last[-1].written == counters.written
+        last[:] = [counters]
+        return counters if counters.idle and steady else None
+
+    counters: StoreCounters = wait_for(
+        idle, timeout=timeout, what="the store to take every point", interval=POLL_INTERVAL
+    )
+    return counters
+
+
 # --------------------------------------------------------------------------- throughput
 
 
 @dataclass
 class ProcessWatch:
-    """CPU time and peak memory of one process, sampled at every health poll."""
+    """CPU time and peak memory of one process, sampled at every health poll.
+
+    Children count too (the controller's store process and its forkserver). The
+    main thread's CPU time is kept apart (for the controller: the event loop,
+    where every message is handled; the rest is the store process, the pipe
+    thread and executor threads), read from ``/proc/<pid>/task/<pid>/stat``, whose thread id
+    is the process id.
+    """
 
     process: psutil.Process
     cpu_start: float = 0.0
-    cpu_marked: float = 0.0  # CPU time at the last mark (when the counter last moved)
+    cpu_marked: float = 0.0  # CPU time at the last mark (when a counter last moved)
+    main_start: float = 0.0
+    main_marked: float = 0.0  # the main thread's, at the same moments
     peak_rss: int = 0
 
     def _cpu(self) -> float:
-        times = self.process.cpu_times()
-        return float(times.user + times.system)
+        """The process's CPU time and its children's (the controller's store process)."""
+        total = 0.0
+        for process in (self.process, *self.process.children(recursive=True)):
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def _main_cpu(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/stat").read_text()
+        utime, stime = fields.rpartition(")")[2].split()[11:13]
+        return (int(utime) + int(stime)) / CLOCK_TICKS
 
     def begin(self) -> None:
         self.cpu_start = self.cpu_marked = self._cpu()
+        with contextlib.suppress(OSError):
+            self.main_start = self.main_marked = self._main_cpu()
         self.sample(mark=False)
 
     def sample(self, *, mark: bool) -> None:
         """Track peak RSS; with ``mark``, note the CPU time used so far."""
-        with contextlib.suppress(psutil.Error):
+        with contextlib.suppress(psutil.Error, OSError):
             self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
             if mark:
                 self.cpu_marked = self._cpu()
+                self.main_marked = self._main_cpu()
 
     def cpu_seconds(self) -> float:
         """CPU time from begin() to the last mark."""
         return self.cpu_marked - self.cpu_start
+
+    def main_cpu_seconds(self) -> float:
+        """The main thread's CPU time from begin() to the last mark."""
+        return self.main_marked - self.main_start
+
+
+@dataclass
+class StorePhase:
+    """What became of the points one throughput phase made."""
+
+    backend: str
+    points_written: int  # the controller's counter over the phase
+    points_made: int  # written + dropped + still waiting or spooled at the end
+    points_per_message: float  # made / messages received
+    stored_seconds: float  # first publish -> the poll that saw the last point stored
+    stored_rate: float  # points_written / stored_seconds
+    store_lag_seconds: float  # last message processed -> last point stored
+    settled: bool  # nothing left waiting or spooled when the phase ended
+    # The messages kept up and the last point was stored within STORE_LAG_LIMIT of the
+    # last message processed (None: max mode, where nothing is paced).
+    kept_up: bool | None
+    peak_points_waiting: int
+    peak_spool_points: int
+    points_dropped: int
+    points_retried: int
+    points_rejected: int
+    check: StoreCheck
+    victoria_cpu_percent: float | None
+    victoria_peak_rss_mb: float | None
+
+    @property
+    def zero_loss(self) -> bool:
+        return self.settled and self.points_dropped == 0 and self.check.zero_loss
 
 
 @dataclass
@@ -613,7 +884,11 @@ class ThroughputResult:
     processing_seconds: float  # first publish to last message processed
     sustained_rate: float
     kept_up: bool | None  # sustained >= 95 % of the target, drained within 1 s (None: max)
-    controller_cpu_percent: float  # of one core, from "go" to the last message processed
+    # Of one core, from "go" to the last message processed or point stored.
+    controller_cpu_percent: float
+    controller_loop_cpu_percent: float  # of it, the main thread's (the event loop)
+    loop_us_per_message: float  # the event loop's CPU time per message
+    other_threads_us_per_point: float  # the other threads' CPU time per point stored
     broker_cpu_percent: float
     controller_peak_rss_mb: float
     # Last message ingested -> every room state it caused delivered; None: not within
@@ -622,6 +897,7 @@ class ThroughputResult:
     # /api/health round trips while the phase ran: how long the event loop made HTTP wait.
     health_p50_ms: float
     health_max_ms: float
+    store: StorePhase
 
 
 @dataclass
@@ -630,8 +906,14 @@ class Measurement:
 
     started: float = 0.0  # when the publisher was told to go
     received: int = 0
-    done_at: float = 0.0  # when the counter was last seen moving (or reached the total)
+    done_at: float = 0.0  # when the message counter was last seen moving (or reached the total)
+    stored: int = 0  # points written since the phase began
+    stored_at: float = 0.0  # when the points counter was last seen moving
+    active_at: float = 0.0  # when either counter was last seen moving
+    store_settled: bool = False  # every point made was stored before the phase ended
     backlog_at_publish_end: int = 0
+    peak_waiting: int = 0
+    peak_spool: int = 0
     publish: PublishResult = field(default_factory=PublishResult)
     samples: list[tuple[float, int]] = field(default_factory=list)  # (time, received)
     health_seconds: list[float] = field(default_factory=list)  # each /api/health round trip
@@ -656,6 +938,16 @@ def ingest_counters(health: dict[str, Any]) -> tuple[int, int, int, int]:
     )
 
 
+@dataclass(frozen=True)
+class Counters:
+    ingest: tuple[int, int, int, int]
+    store: StoreCounters
+
+    @classmethod
+    def of(cls, health: dict[str, Any]) -> Counters:
+        return cls(ingest_counters(health), StoreCounters.of(health))
+
+
 def measure(
     controller: Controller,
     spec: PublishSpec,
@@ -664,37 +956,50 @@ def measure(
     idle_timeout: float,
     deadline_seconds: float,
     on_go: Callable[[], None] | None = None,
-) -> tuple[Measurement, tuple[int, int, int, int], tuple[int, int, int, int]]:
+    wait_store: bool = False,
+) -> tuple[Measurement, Counters, Counters]:
     """Run one publisher and poll health every 50 ms until all is counted or nothing moves.
 
-    Returns the measurement and the counters before and after.
+    With ``wait_store`` it goes on until every point the controller made is stored
+    too (nothing waiting, the spool empty, the counter steady between two polls),
+    or the points counter has not moved for ``idle_timeout``. Returns the
+    measurement and the counters before and after.
     """
     measurement = Measurement()
     with publisher(spec) as pipe:
-        before = ingest_counters(controller.health())
+        before = Counters.of(controller.health())
         for watch in watches:
             watch.begin()
         if on_go is not None:
             on_go()
         pipe.send("go")
-        last_change = measurement.started = measurement.done_at = time.monotonic()
+        last_change = measurement.started = time.monotonic()
+        measurement.done_at = measurement.stored_at = measurement.active_at = last_change
         deadline = last_change + deadline_seconds
         published: PublishResult | None = None
         counters = before
         while True:
             tick = time.monotonic()
-            counters = ingest_counters(controller.health())
+            counters = Counters.of(controller.health())
             now = time.monotonic()
             measurement.health_seconds.append(now - tick)
-            received = counters[0] - before[0]
+            received = counters.ingest[0] - before.ingest[0]
+            stored = counters.store.written - before.store.written
             moved = received != measurement.received
+            store_moved = stored != measurement.stored
             for watch in watches:
-                watch.sample(mark=moved)
+                watch.sample(mark=moved or (wait_store and store_moved))
             measurement.samples.append((now, received))
+            measurement.peak_waiting = max(measurement.peak_waiting, counters.store.waiting)
+            measurement.peak_spool = max(measurement.peak_spool, counters.store.spool_points)
             if moved:
                 measurement.received = received
-                measurement.done_at = now
-                last_change = now
+                measurement.done_at = last_change = now
+            if store_moved:
+                measurement.stored = stored
+                measurement.stored_at = now
+            if moved or (wait_store and store_moved):
+                measurement.active_at = now
             if published is None and pipe.poll():
                 published = pipe.recv()
                 assert isinstance(published, PublishResult)
@@ -704,7 +1009,13 @@ def measure(
             if published is not None and (
                 received >= published.sent or now - last_change > idle_timeout
             ):
-                break
+                if not wait_store:
+                    break
+                if counters.store.idle and not store_moved:
+                    measurement.store_settled = True
+                    break
+                if now - max(measurement.stored_at, last_change) > idle_timeout:
+                    break  # the store stopped taking points: what is missing is reported
             if now > deadline:
                 raise BenchError(f"phase did not finish within {deadline_seconds:.0f} s")
             pause = tick + POLL_INTERVAL - time.monotonic()
@@ -720,6 +1031,7 @@ def measure(
 def run_throughput(
     controller: Controller,
     broker: Broker,
+    store: BenchStore,
     stream: PacketStream,
     *,
     mode: str,
@@ -728,12 +1040,19 @@ def run_throughput(
     idle_timeout: float,
     marker: RoomStateMarker,
     marker_timeout: float,
+    count_timeout: float = 30.0,
     profile: Path | None = None,
+    profile_gil: bool = False,
 ) -> ThroughputResult:
     """One throughput phase (paced at ``rate``, or flat out when ``rate`` is None)."""
     assert broker.process is not None
+    wait_store_idle(controller)  # the marker's points of the phase before are in
+    since_ns = time.time_ns() - 1_000_000_000
+    in_store_before = store.count(since_ns)  # only what is in the store already: no "until"
     controller_watch = ProcessWatch(psutil.Process(controller.pid))
     broker_watch = ProcessWatch(psutil.Process(broker.process.pid))
+    store_watch = store.watch()
+    watches = [controller_watch, broker_watch] + ([store_watch] if store_watch else [])
     spec = PublishSpec(
         port=broker.port,
         stream=stream,
@@ -747,40 +1066,80 @@ def run_throughput(
     def start_profiler() -> None:
         nonlocal profiler
         if profile is not None:
-            profiler = start_py_spy(controller.pid, profile)
+            profiler = start_py_spy(controller.pid, profile, gil=profile_gil)
 
     expected = total / rate if rate else total / 20_000
     try:
         measurement, before, after = measure(
             controller,
             spec,
-            [controller_watch, broker_watch],
+            watches,
             idle_timeout=idle_timeout,
             deadline_seconds=60 + 5 * expected,
             on_go=start_profiler,
+            wait_store=True,
         )
-        controller_cpu = controller_watch.cpu_seconds()
-        broker_cpu = broker_watch.cpu_seconds()
     finally:
         if profiler is not None:
             stop_py_spy(profiler)
+    # Every point of the phase is stamped by now; the marker's come later and are left out.
+    until_ns = time.time_ns()
     room_states_out = marker.sync(marker_timeout)
     published = measurement.publish
+    check = count_in_store(
+        store,
+        (since_ns, until_ns),
+        in_store_before,
+        stream.kind_counts(published.sent),
+        measurement.stored,
+        timeout=count_timeout,
+    )
     received = measurement.received
     processing = max(measurement.done_at - published.first_send, 1e-9)
-    window = max(measurement.done_at - measurement.started, 1e-9)
+    window = max(measurement.active_at - measurement.started, 1e-9)
     publish_seconds = max(published.drained - published.first_send, 1e-9)
     drain = max(measurement.done_at - published.last_send, 0.0)
     sustained = received / processing
+    stored_seconds = max(measurement.stored_at - published.first_send, 1e-9)
+    store.note_victoria_rss()
+    dropped = after.store.dropped - before.store.dropped
+    made = measurement.stored + dropped + after.store.waiting + after.store.spool_points
+    store_phase = StorePhase(
+        backend=store.backend,
+        points_written=measurement.stored,
+        points_made=made,
+        points_per_message=made / received if received else 0.0,
+        stored_seconds=stored_seconds,
+        stored_rate=measurement.stored / stored_seconds,
+        store_lag_seconds=max(measurement.stored_at - measurement.done_at, 0.0),
+        settled=measurement.store_settled,
+        kept_up=(
+            None
+            if rate is None
+            else sustained >= 0.95 * rate
+            and drain < 1.0
+            and measurement.stored_at - measurement.done_at <= STORE_LAG_LIMIT
+        ),
+        peak_points_waiting=measurement.peak_waiting,
+        peak_spool_points=measurement.peak_spool,
+        points_dropped=dropped,
+        points_retried=after.store.retried - before.store.retried,
+        points_rejected=after.store.rejected - before.store.rejected,
+        check=check,
+        victoria_cpu_percent=(
+            100 * store_watch.cpu_seconds() / window if store_watch is not None else None
+        ),
+        victoria_peak_rss_mb=store_watch.peak_rss / 2**20 if store_watch is not None else None,
+    )
     return ThroughputResult(
         mode=mode,
         target_rate=rate,
         sent=published.sent,
         received=received,
         lost=published.sent - received,
-        bad_payloads=after[1] - before[1],
-        handler_errors=after[3] - before[3],
-        room_states_published=after[2] - before[2],
+        bad_payloads=after.ingest[1] - before.ingest[1],
+        handler_errors=after.ingest[3] - before.ingest[3],
+        room_states_published=after.ingest[2] - before.ingest[2],
         publish_seconds=publish_seconds,
         publish_rate=published.sent / publish_seconds,
         backlog_at_publish_end=measurement.backlog_at_publish_end,
@@ -788,19 +1147,29 @@ def run_throughput(
         processing_seconds=processing,
         sustained_rate=sustained,
         kept_up=None if rate is None else sustained >= 0.95 * rate and drain < 1.0,
-        controller_cpu_percent=100 * controller_cpu / window,
-        broker_cpu_percent=100 * broker_cpu / window,
+        controller_cpu_percent=100 * controller_watch.cpu_seconds() / window,
+        controller_loop_cpu_percent=100 * controller_watch.main_cpu_seconds() / window,
+        loop_us_per_message=1e6 * controller_watch.main_cpu_seconds() / max(received, 1),
+        other_threads_us_per_point=1e6
+        * (controller_watch.cpu_seconds() - controller_watch.main_cpu_seconds())
+        / max(measurement.stored, 1),
+        broker_cpu_percent=100 * broker_watch.cpu_seconds() / window,
         controller_peak_rss_mb=controller_watch.peak_rss / 2**20,
         room_state_lag_seconds=(
             None if room_states_out is None else max(room_states_out - measurement.done_at, 0.0)
         ),
         health_p50_ms=1000 * percentile(sorted(measurement.health_seconds), 0.5),
         health_max_ms=1000 * max(measurement.health_seconds),
+        store=store_phase,
     )
 
 
-def start_py_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
-    """py-spy record (raw collapsed stacks) on the controller; stopped with SIGINT."""
+def start_py_spy(pid: int, output: Path, *, gil: bool = False) -> subprocess.Popen[bytes]:
+    """py-spy record (raw collapsed stacks) on the controller; stopped with SIGINT.
+
+    With ``gil``, only the thread holding the GIL is sampled, each stack under its
+    thread id: for a process bound by the GIL, where its one core goes, by thread.
+    """
     binary = shutil.which("py-spy")
     if binary is None:
         raise BenchError("--profile needs py-spy on PATH (pip install py-spy)")
@@ -808,6 +1177,7 @@ def start_py_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
         [
             *(binary, "record", "--pid", str(pid), "--rate", "200"),
             *("--format", "raw", "--output", str(output)),
+            *(("--gil", "--threads") if gil else ()),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -1040,6 +1410,172 @@ def run_latency(
     )
 
 
+# --------------------------------------------------------------------------- replay
+
+
+@dataclass
+class ReplayResult:
+    points: int  # spool_points when VictoriaMetrics started again
+    spool_bytes: int
+    bytes_per_point: float
+    fill_messages: int
+    fill_seconds: float  # VictoriaMetrics stopped -> the spool held the points
+    victoria_start_seconds: float  # its process started -> /health answered
+    first_write_seconds: float | None  # /health answered -> first poll that saw points written
+    replay_seconds: float  # /health answered -> the poll that saw spool_points 0
+    replay_rate: float  # points / replay_seconds
+    points_written: int  # the controller's counter from the stop to the end
+    settled: bool  # the spool emptied before --idle-timeout without progress
+    controller_cpu_percent: float  # of one core, while replaying
+    controller_loop_cpu_percent: float  # of it, the main thread's (the event loop)
+    victoria_cpu_percent: float
+    check: StoreCheck
+
+    @property
+    def zero_loss(self) -> bool:
+        return self.settled and self.check.zero_loss
+
+
+def fill_spool(
+    controller: Controller,
+    broker: Broker,
+    stream: PacketStream,
+    *,
+    points: int,
+    points_per_message: float,
+    idle_timeout: float,
+) -> tuple[int, Counter[str]]:
+    """Publish flat out until the spool holds ``points``; the messages sent, by kind."""
+    sent: Counter[str] = Counter()
+    messages = 0
+    while True:
+        spooled = StoreCounters.of(controller.health()).spool_points
+        if spooled >= points:
+            return messages, sent
+        total = max(1000, math.ceil((points - spooled) / max(points_per_message, 1.0)))
+        spec = PublishSpec(
+            port=broker.port,
+            stream=stream,
+            total=total,
+            rate=None,
+            slice_seconds=0.0,
+            record_times=False,
+        )
+        measurement, _, _ = measure(
+            controller, spec, [], idle_timeout=idle_timeout, deadline_seconds=60 + total / 5000
+        )
+        messages += measurement.publish.sent
+        sent.update(stream.kind_counts(measurement.publish.sent))
+        wait_for(
+            lambda: StoreCounters.of(controller.health()).waiting == 0,
+            timeout=60,
+            what="the writer to spool every point",
+            interval=POLL_INTERVAL,
+        )
+
+
+def run_replay(
+    controller: Controller,
+    broker: Broker,
+    store: BenchStore,
+    stream: PacketStream,
+    *,
+    points: int,
+    points_per_message: float,
+    idle_timeout: float,
+    count_timeout: float,
+    profile: Path | None,
+    profile_gil: bool = False,
+) -> ReplayResult:
+    """Stop VictoriaMetrics, spool ``points``, start it again and time the spool emptying."""
+    victoria = store.victoria
+    assert victoria is not None
+    wait_store_idle(controller)
+    since_ns = time.time_ns() - 1_000_000_000
+    in_store_before = store.count(since_ns)
+    written_before = StoreCounters.of(controller.health()).written
+    store.note_victoria_rss()
+    victoria.stop()
+    progress(f"replay: VictoriaMetrics stopped; publishing until {points:,} points are spooled")
+    fill_began = time.monotonic()
+    messages, sent = fill_spool(
+        controller,
+        broker,
+        stream,
+        points=points,
+        points_per_message=points_per_message,
+        idle_timeout=idle_timeout,
+    )
+    spool = StoreCounters.of(controller.health())
+    fill_seconds = time.monotonic() - fill_began
+    progress(
+        f"replay: {spool.spool_points:,} points ({spool.spool_bytes / 1e6:,.1f} MB) spooled "
+        f"in {fill_seconds:.1f} s; starting VictoriaMetrics again"
+    )
+    controller_watch = ProcessWatch(psutil.Process(controller.pid))
+    started_in = victoria.start()
+    ready = time.monotonic()
+    controller_watch.begin()
+    victoria_watch = ProcessWatch(psutil.Process(victoria.pid))
+    victoria_watch.begin()
+    watches = [controller_watch, victoria_watch]
+    profiler = start_py_spy(controller.pid, profile, gil=profile_gil) if profile else None
+    first_write: float | None = None
+    done_at: float | None = None
+    last_written, last_move = spool.written, ready
+    deadline = ready + 120 + spool.spool_points / 5000
+    try:
+        while True:
+            tick = time.monotonic()
+            counters = StoreCounters.of(controller.health())
+            now = time.monotonic()
+            moved = counters.written != last_written
+            for watch in watches:
+                watch.sample(mark=moved)
+            if moved:
+                last_written, last_move = counters.written, now
+                if first_write is None:
+                    first_write = now
+            if counters.idle:
+                done_at = now
+                break
+            if first_write is not None and now - last_move > idle_timeout:
+                break  # the sender stopped writing: what is left is reported
+            if now > deadline:
+                break
+            pause = tick + POLL_INTERVAL - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)  # the poll period, not a wait for a condition
+    finally:
+        if profiler is not None:
+            stop_py_spy(profiler)
+    settled = done_at is not None
+    final = wait_store_idle(controller) if settled else StoreCounters.of(controller.health())
+    window = max((done_at or time.monotonic()) - ready, 1e-9)
+    points_written = final.written - written_before
+    check = count_in_store(
+        store, (since_ns, None), in_store_before, sent, points_written, timeout=count_timeout
+    )
+    store.note_victoria_rss()
+    return ReplayResult(
+        points=spool.spool_points,
+        spool_bytes=spool.spool_bytes,
+        bytes_per_point=spool.spool_bytes / spool.spool_points if spool.spool_points else 0.0,
+        fill_messages=messages,
+        fill_seconds=fill_seconds,
+        victoria_start_seconds=started_in,
+        first_write_seconds=None if first_write is None else first_write - ready,
+        replay_seconds=window,
+        replay_rate=spool.spool_points / window if settled else 0.0,
+        points_written=points_written,
+        settled=settled,
+        controller_cpu_percent=100 * controller_watch.cpu_seconds() / window,
+        controller_loop_cpu_percent=100 * controller_watch.main_cpu_seconds() / window,
+        victoria_cpu_percent=100 * victoria_watch.cpu_seconds() / window,
+        check=check,
+    )
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -1054,10 +1590,36 @@ class Report:
     controller_peak_rss_mb: float
     controller_vm_hwm_mb: float | None
     broker_tcp_nodelay: bool
+    store: str  # "embedded" or "victoria"
+    store_settings: dict[str, str]  # the CENTER_* store settings the bench set (else defaults)
+    points_target: float  # points/s the target phase should store, with zero loss
+    replay_target: float  # points/s the replay should reach
+    replay: ReplayResult | None
+    victoria_peak_rss_mb: float | None  # VmHWM, the highest of its processes
     profile: str | None = None
+    replay_profile: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        result = asdict(self)
+        for name, phase in (("target", self.target), ("max", self.max)):
+            if phase is not None:
+                result[name]["store"]["zero_loss"] = phase.store.zero_loss
+        if self.replay is not None:
+            result["replay"]["zero_loss"] = self.replay.zero_loss
+        result["points_target_met"] = self.points_target_met
+        result["replay_target_met"] = self.replay_target_met
+        return result
+
+    @property
+    def points_target_met(self) -> bool:
+        store = self.target.store
+        return store.zero_loss and self.target.lost == 0 and store.stored_rate >= self.points_target
+
+    @property
+    def replay_target_met(self) -> bool | None:
+        if self.replay is None:
+            return None
+        return self.replay.zero_loss and self.replay.replay_rate >= self.replay_target
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -1090,23 +1652,131 @@ def _throughput_lines(result: ThroughputResult) -> list[str]:
         f"  backlog at end     {result.backlog_at_publish_end:,} messages, drained in "
         f"{result.drain_seconds:.2f} s",
         f"  controller CPU     {result.controller_cpu_percent:.0f} % of one core "
-        f"(broker {result.broker_cpu_percent:.0f} %)",
+        f"(broker {result.broker_cpu_percent:.0f} %): event loop thread "
+        f"{result.controller_loop_cpu_percent:.0f} %, the rest "
+        f"{result.controller_cpu_percent - result.controller_loop_cpu_percent:.0f} %",
+        f"  CPU per item       event loop {result.loop_us_per_message:.1f} us a message, "
+        f"the rest (the store process, threads) {result.other_threads_us_per_point:.1f} us "
+        "a point stored",
         f"  controller RSS     {result.controller_peak_rss_mb:.1f} MB peak (polled)",
         f"  /api/health        p50 {result.health_p50_ms:.1f} ms, "
         f"max {result.health_max_ms:.0f} ms (HTTP waiting for the busy event loop)",
     ]
     if result.target_rate:
         lines.append(f"  kept up            {'yes' if result.kept_up else 'NO'}")
+    return lines + _store_lines(result.store)
+
+
+_STORED_AS = {"victoria": "written to VictoriaMetrics", "embedded": "stored in SQLite"}
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "NO"
+
+
+def _check_lines(check: StoreCheck) -> list[str]:
+    """What the store itself holds, against the messages sent and the controller's counter."""
+    parts = []
+    for name in COUNTED_FIELDS:
+        found = check.in_store.get(name, 0)
+        if name in check.sent:
+            parts.append(f"{name} {found:,} of {check.sent[name]:,} sent")
+        else:
+            parts.append(f"{name} {found:,}")
+    visible = [count for count in check.duplicates.values() if count is not None]
+    if len(visible) == len(check.duplicates):
+        collisions = (
+            f"{sum(visible):,} samples sharing series and millisecond with another "
+            "(VictoriaMetrics keeps both)"
+        )
+    else:
+        collisions = (
+            "not visible: the raw table keeps one row a series and nanosecond, "
+            "so they would show as counter - store > 0"
+        )
+    recounted = ""
+    if check.first_in_store is not None:
+        first = sum(check.first_in_store.values())
+        recounted = (
+            f" (counted {check.counts} times in {check.count_seconds:.1f} s; "
+            f"the first count found {first:,})"
+        )
+    return [
+        f"  in the store       {', '.join(parts)}{recounted}",
+        f"                     {check.total:,} in all; counter - store = {check.unaccounted:,}; "
+        f"device points missing {check.missing_device_points:,}",
+        f"  collisions         {collisions}",
+    ]
+
+
+def _store_lines(store: StorePhase) -> list[str]:
+    lines = [
+        f"  points stored      {store.points_written:,} of {store.points_made:,} made "
+        f"({store.points_per_message:.2f} a message), "
+        f"{_STORED_AS.get(store.backend, store.backend)}",
+        f"  stored rate        {store.stored_rate:,.0f} points/s sustained (first publish -> "
+        f"last point stored, {store.stored_seconds:.2f} s); last point "
+        f"{store.store_lag_seconds:.2f} s after the last message",
+        *_check_lines(store.check),
+        f"  store backlog      peak {store.peak_points_waiting:,} points waiting in memory, "
+        f"{store.peak_spool_points:,} in the spool; dropped {store.points_dropped:,}, "
+        f"retried {store.points_retried:,}, rejected {store.points_rejected:,}",
+    ]
+    if store.victoria_cpu_percent is not None:
+        lines.append(
+            f"  VictoriaMetrics    CPU {store.victoria_cpu_percent:.0f} % of one core, "
+            f"RSS {_fmt(store.victoria_peak_rss_mb)} MB peak (polled)"
+        )
+    if store.kept_up is not None:
+        lines.append(
+            f"  store kept up      {_yes(store.kept_up)} (messages kept up, last point stored "
+            f"within {STORE_LAG_LIMIT:.0f} s of the last message)"
+        )
+    settled = "" if store.settled else " (the store stopped taking points: see above)"
+    lines.append(f"  zero loss          {_yes(store.zero_loss)}{settled}")
     return lines
 
 
+def _replay_lines(replay: ReplayResult, target: float) -> list[str]:
+    first = (
+        "-" if replay.first_write_seconds is None else f"{replay.first_write_seconds:.2f} s later"
+    )
+    return [
+        f"Replay: VictoriaMetrics stopped while {replay.points:,} points were spooled, "
+        "then started again on its data",
+        f"  spool              {replay.points:,} points, {replay.spool_bytes / 1e6:,.1f} MB "
+        f"({replay.bytes_per_point:.1f} bytes a point), filled by {replay.fill_messages:,} "
+        f"messages in {replay.fill_seconds:.1f} s",
+        f"  VictoriaMetrics    answered {replay.victoria_start_seconds:.2f} s after its start; "
+        f"first points written {first}",
+        f"  replayed           {replay.points_written:,} points written in "
+        f"{replay.replay_seconds:.2f} s: {replay.replay_rate:,.0f} points/s "
+        "(its first answer -> spool_points 0)",
+        *_check_lines(replay.check),
+        f"  CPU                controller {replay.controller_cpu_percent:.0f} % (event loop "
+        f"thread {replay.controller_loop_cpu_percent:.0f} %), "
+        f"VictoriaMetrics {replay.victoria_cpu_percent:.0f} % of one core",
+        f"  zero loss          {_yes(replay.zero_loss)}",
+        f"  >= {target:,.0f} points/s {_yes(replay.zero_loss and replay.replay_rate >= target)}",
+    ]
+
+
 def format_report(report: Report) -> str:
+    settings = ", ".join(
+        f"{key}={value}"
+        for key, value in report.store_settings.items()
+        if key != "CENTER_INFLUX_URL"
+    )
     lines = [
         f"Controller MQTT ingest: {report.devices:,} devices in {report.rooms:,} rooms, "
         f"{report.cpus or '?'} CPUs, "
         f"broker set_tcp_nodelay {'true' if report.broker_tcp_nodelay else 'false'}",
+        f"Store: {report.store}"
+        + (f" ({settings}; other store settings: the product defaults)" if settings else ""),
         "",
         *_throughput_lines(report.target),
+        f"  >= {report.points_target:,.0f} points/s stored with zero loss: "
+        + _yes(report.points_target_met),
     ]
     if report.max is not None:
         lines += ["", *_throughput_lines(report.max)]
@@ -1121,13 +1791,19 @@ def format_report(report: Report) -> str:
             f"  p50 {_fmt(latency.p50_ms, 2)} ms   p90 {_fmt(latency.p90_ms, 2)} ms   "
             f"p99 {_fmt(latency.p99_ms, 2)} ms   max {_fmt(latency.max_ms, 2)} ms",
         ]
+    if report.replay is not None:
+        lines += ["", *_replay_lines(report.replay, report.replay_target)]
     lines += [
         "",
         f"Controller peak RSS {report.controller_peak_rss_mb:.1f} MB (polled), "
         f"VmHWM {_fmt(report.controller_vm_hwm_mb)} MB",
     ]
+    if report.victoria_peak_rss_mb is not None:
+        lines.append(f"VictoriaMetrics VmHWM {report.victoria_peak_rss_mb:.1f} MB")
     if report.profile:
         lines.append(f"py-spy profile of the target phase: {report.profile}")
+    if report.replay_profile:
+        lines.append(f"py-spy profile of the replay: {report.replay_profile}")
     return "\n".join(lines)
 
 
@@ -1166,6 +1842,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "take to deliver everything before it counts as stuck",
     )
     parser.add_argument(
+        "--count-timeout",
+        type=float,
+        default=30.0,
+        help="how long VictoriaMetrics may take to show every point it acknowledged "
+        "(counted again while short) before the missing ones count as lost",
+    )
+    parser.add_argument(
         "--broker-nodelay",
         action="store_true",
         help="set_tcp_nodelay true in the broker (stock mosquitto leaves Nagle on, which "
@@ -1176,10 +1859,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="py-spy the controller during the target-rate phase; raw collapsed stacks here",
     )
+    parser.add_argument(
+        "--store",
+        choices=("embedded", "victoria"),
+        default="embedded",
+        help="where the controller stores its points: the embedded SQLite store (what "
+        "centerctl run does without CENTER_INFLUX_URL) or a VictoriaMetrics the bench starts "
+        "(/usr/bin/victoria-metrics) written through the InfluxDB v2 API",
+    )
+    parser.add_argument(
+        "--replay",
+        type=int,
+        default=1_000_000,
+        help="with --store victoria: stop it, spool this many points, start it again and "
+        "time the replay (0 skips it)",
+    )
+    parser.add_argument(
+        "--retry-max",
+        type=float,
+        default=1.0,
+        help="with --store victoria: CENTER_INFLUX_RETRY_MAX, the longest wait between "
+        "retries of a failed write (product default 30 s: the replay would start up to "
+        "that long after the store is back)",
+    )
+    parser.add_argument(
+        "--points-target",
+        type=float,
+        default=35_000,
+        help="points/s the target phase should store with zero loss (reported)",
+    )
+    parser.add_argument(
+        "--replay-target",
+        type=float,
+        default=50_000,
+        help="points/s the replay should reach (reported)",
+    )
+    parser.add_argument(
+        "--profile-replay",
+        type=Path,
+        help="py-spy the controller during the replay; raw collapsed stacks here",
+    )
+    parser.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="profiles sample only the thread holding the GIL, under its thread id "
+        "(py-spy --gil --threads): where the controller's one Python core goes",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.seconds <= 0 or args.latency_rate <= 0:
         parser.error("--rate, --seconds and --latency-rate must be positive")
+    if args.replay < 0 or args.retry_max <= 0:
+        parser.error("--replay must not be negative, --retry-max must be positive")
     return args
 
 
@@ -1198,6 +1929,14 @@ def run(args: argparse.Namespace) -> Report:
         site = workdir / "site.toml"
         site.write_text(site_toml(layout))
         controller = Controller(site, broker.url, workdir)
+        store = BenchStore(args.store, controller.data_dir / "timeseries.sqlite3")
+        if args.store == "victoria":
+            store.victoria = VictoriaMetrics(workdir / "victoria-metrics")
+            store.retry_max = args.retry_max
+            stack.callback(store.victoria.stop)
+            store.victoria.start()
+            progress(f"VictoriaMetrics pid {store.victoria.pid} on :{store.victoria.port}")
+        controller.environment = store.environment()
         stack.callback(controller.stop)
         controller.start()
         controller.wait_connected()
@@ -1213,6 +1952,7 @@ def run(args: argparse.Namespace) -> Report:
         target = run_throughput(
             controller,
             broker,
+            store,
             stream,
             mode="target",
             rate=args.rate,
@@ -1220,7 +1960,9 @@ def run(args: argparse.Namespace) -> Report:
             idle_timeout=args.idle_timeout,
             marker=marker,
             marker_timeout=args.marker_timeout,
+            count_timeout=args.count_timeout,
             profile=args.profile,
+            profile_gil=args.profile_gil,
         )
         maximum = None
         if args.max_messages > 0:
@@ -1228,6 +1970,7 @@ def run(args: argparse.Namespace) -> Report:
             maximum = run_throughput(
                 controller,
                 broker,
+                store,
                 stream,
                 mode="max",
                 rate=None,
@@ -1235,6 +1978,7 @@ def run(args: argparse.Namespace) -> Report:
                 idle_timeout=args.idle_timeout,
                 marker=marker,
                 marker_timeout=args.marker_timeout,
+                count_timeout=args.count_timeout,
             )
         latency = None
         if args.latency_seconds > 0:
@@ -1242,7 +1986,22 @@ def run(args: argparse.Namespace) -> Report:
             latency = run_latency(
                 controller, broker, layout, rate=args.latency_rate, seconds=args.latency_seconds
             )
+        replay = None
+        if store.victoria is not None and args.replay > 0:
+            replay = run_replay(
+                controller,
+                broker,
+                store,
+                stream,
+                points=args.replay,
+                points_per_message=target.store.points_per_message,
+                idle_timeout=args.idle_timeout,
+                count_timeout=args.count_timeout,
+                profile=args.profile_replay,
+                profile_gil=args.profile_gil,
+            )
         hwm = peak_rss_bytes(controller.pid)
+        store.note_victoria_rss()
         complaints = controller.log_tail(40)
         if complaints.strip():
             progress(f"the controller logged (level WARNING and up):\n{complaints}")
@@ -1259,7 +2018,16 @@ def run(args: argparse.Namespace) -> Report:
             controller_peak_rss_mb=max(peaks),
             controller_vm_hwm_mb=hwm / 2**20 if hwm is not None else None,
             broker_tcp_nodelay=args.broker_nodelay,
+            store=args.store,
+            store_settings=store.environment(),
+            points_target=args.points_target,
+            replay_target=args.replay_target,
+            replay=replay,
+            victoria_peak_rss_mb=(
+                store.victoria_peak_rss / 2**20 if store.victoria is not None else None
+            ),
             profile=str(args.profile) if args.profile else None,
+            replay_profile=str(args.profile_replay) if replay and args.profile_replay else None,
         )
 
 
@@ -1272,7 +2040,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         report = run(args)
-    except BenchError as error:
+    except (BenchError, StoreError) as error:
         print(f"bench: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -1283,7 +2051,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(format_report(report))
     target = report.target
-    failed = target.lost or target.bad_payloads or target.room_state_lag_seconds is None
+    failed = (
+        target.lost
+        or target.bad_payloads
+        or target.room_state_lag_seconds is None
+        or not target.store.zero_loss
+        or (report.replay is not None and not report.replay.zero_loss)
+    )
     return 1 if failed else 0
 
 

@@ -54,6 +54,7 @@ from drivers.modbus_profile import Profile, load_profiles
 from web.app import create_app
 from web.auth import TokenAuth
 from web.services import Services
+from web.stream import StreamHub
 
 
 class ConfigurationError(Exception):
@@ -199,6 +200,7 @@ class ControllerService:
                 cabinets=self.cabinets,
                 reports=self.reports,
             ),
+            stream=StreamHub(self.bus, self.events),
             version=_version(),
         )
         self._started: datetime | None = None

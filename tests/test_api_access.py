@@ -38,6 +38,7 @@ from tests.test_openapi import documented_routes, routes_of, validated_document
 from web.app import MAX_BODY_BYTES, create_app
 from web.auth import TokenAuth, required_scope
 from web.openapi import OPENAPI_PATH
+from web.stream import StreamHub
 
 SH = ZoneInfo("Asia/Shanghai")
 T = datetime(2026, 11, 23, 9, 0, tzinfo=SH)  # a Monday, center open 08:30-21:00
@@ -184,13 +185,20 @@ class Api:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         async with self.client.request(method, path, headers=headers, data=data) as response:
-            text = await response.text()
-            reply = Reply(response.status, None, dict(response.headers), text)
             content_type = response.content_type
+            if content_type == "text/event-stream":  # endless: its first bytes are enough
+                text = (await response.content.readline()).decode()
+            else:
+                text = await response.text()
+            reply = Reply(response.status, None, dict(response.headers), text)
         where = f"{method} {path} -> {reply.status}: {text[:300]}"
         assert reply.status < 500, where
         for secret in ALL_TOKENS:
             assert secret not in text, f"{where}: a token is in the body"
+        if (method, path, reply.status) == ("GET", "/api/stream", 200):
+            assert text.startswith("retry: "), where  # Server-Sent Events: tests/test_stream.py
+            self.replies.append(reply)
+            return reply
         if (method, path, reply.status) == ("GET", "/metrics", 200):
             assert content_type == "text/plain", where  # Prometheus text: tests/test_metrics.py
             self.replies.append(reply)
@@ -249,6 +257,7 @@ def build_app(site: Site, rig: AccessRig, tokens: str = TOKENS) -> web.Applicati
         health=lambda: {"status": "ok", "site": site.site.id},  # a stub, as in test_web_api
         auth=TokenAuth(settings_for(tokens).scopes_by_token()),
         services=rig.services(),
+        stream=StreamHub(rig.bus, rig.events),
     )
 
 

@@ -7,22 +7,23 @@ here reaches into globals, so a test builds an app around any state it likes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from controller.bookings import booking_json
 from controller.settings import Scope
-from controller.site import Room, Site
+from controller.site import Site
 from controller.state import LiveState
 from web import access, bookings, cabinets, climate, metrics, reports, visitors
 from web.app_keys import HEALTH, SITE, STATE, HealthReport
 from web.auth import TokenAuth, requires
 from web.errors import ApiError, error_response
 from web.openapi import add_openapi_route, operation
+from web.rooms import room_json
 from web.services import SERVICES, Services
+from web.stream import STREAM_HUB, StreamHub
+from web.stream import add_routes as add_stream_routes
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -34,6 +35,7 @@ def create_app(
     health: HealthReport,
     auth: TokenAuth,
     services: Services,
+    stream: StreamHub | None = None,
     version: str = "dev",
 ) -> web.Application:
     registry = CollectorRegistry()  # this app's own: never prometheus-client's global one
@@ -46,6 +48,8 @@ def create_app(
     app[STATE] = state
     app[HEALTH] = health
     app[SERVICES] = services
+    if stream is not None:
+        app[STREAM_HUB] = stream
     app.router.add_get("/api/health", get_health)
     app.router.add_get("/api/rooms", get_rooms)
     app.router.add_get("/api/rooms/{room}", get_room)
@@ -57,6 +61,7 @@ def create_app(
     cabinets.add_routes(app)
     reports.add_routes(app)
     metrics.add_routes(app)
+    add_stream_routes(app)
     add_openapi_route(
         app,
         title="center-controller API",
@@ -93,7 +98,7 @@ async def get_rooms(request: web.Request) -> web.Response:
                 "state": state.site_state.to_json(),
             },
             "rooms": [
-                _room_json(room, state, request.app[SERVICES], with_devices=False)
+                room_json(room, state, request.app[SERVICES], with_devices=False)
                 for room in site.rooms
             ],
         }
@@ -110,7 +115,7 @@ async def get_room(request: web.Request) -> web.Response:
             404, "not_found", "no such room", {"room": request.match_info["room"]}
         )
     return web.json_response(
-        _room_json(room, request.app[STATE], request.app[SERVICES], with_devices=True)
+        room_json(room, request.app[STATE], request.app[SERVICES], with_devices=True)
     )
 
 
@@ -121,55 +126,6 @@ async def get_room(request: web.Request) -> web.Response:
 async def get_devices(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return web.json_response({"devices": [device.to_json() for device in state.devices.values()]})
-
-
-def _room_json(
-    room: Room, state: LiveState, services: Services, *, with_devices: bool
-) -> dict[str, Any]:
-    updated = state.room_updated(room.id)
-    devices = list(state.devices_in(room.id))
-    decision = services.access.decision(room.id)
-    return {
-        "id": room.id,
-        "name": room.name,
-        "name_en": room.name_en,
-        "capacity": room.capacity,
-        "bookable": room.bookable,
-        "always_open": room.always_open,
-        "state": state.room(room.id).to_json(),
-        "updated": updated.isoformat() if updated else None,
-        "access": (
-            None
-            if decision is None
-            else {
-                "intent": decision.intent.value,
-                "cause": decision.cause.value,
-                "booking_id": decision.booking_id,
-                "until": decision.until.isoformat() if decision.until else None,
-            }
-        ),
-        "booking": _bookings_now(room.id, services),
-        "devices": (
-            [device.to_json() for device in devices]
-            if with_devices
-            else [device.device.id for device in devices]
-        ),
-    }
-
-
-def _bookings_now(room_id: str, services: Services) -> dict[str, Any]:
-    """The booking holding the room now and the next one today, if any."""
-    now = services.clock.now()
-    current = upcoming = None
-    for booking in services.bookings.between(now, now + timedelta(days=1), room_id):
-        if not booking.holds_slot:
-            continue
-        if booking.start <= now and current is None:
-            current = booking_json(booking)
-        elif booking.start > now:
-            upcoming = booking_json(booking)
-            break
-    return {"current": current, "next": upcoming}
 
 
 @web.middleware

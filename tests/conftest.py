@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -246,6 +247,29 @@ async def controller(broker: Broker, site: Site) -> AsyncIterator[RunningControl
     yield running
     if not running.task.done():
         await running.shutdown()
+
+
+def centerctl_run(site_file: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``centerctl run`` as an operator starts it: a real process, settings in ``env``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "controller", "run", "--site", str(site_file)],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    """Controller processes a test starts; killed and reaped after it."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
 
 
 # The `victoria` fixture (a real VictoriaMetrics), registered for every test module;

@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -40,9 +38,9 @@ from simulators.thermal import DailyWeather
 from tests.conftest import (
     CHANGBAI,
     PREFIX,
-    ROOT,
     Broker,
     Probe,
+    centerctl_run,
     controller_settings,
     free_port,
     wait_until,
@@ -412,14 +410,12 @@ async def test_fire_unlocks_every_door_and_nothing_can_lock_one_until_reset(
 # -- kill -9 ------------------------------------------------------------------------
 
 
-def centerctl_run(
+def run_controller(
     site_file: Path, broker: Broker, port: int, data_dir: Path
 ) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "controller", "run", "--site", str(site_file)],
-        cwd=ROOT,
-        env={
-            **os.environ,
+    return centerctl_run(
+        site_file,
+        {
             "CENTER_MQTT_URL": broker.url,
             "CENTER_HTTP_HOST": "127.0.0.1",
             "CENTER_HTTP_PORT": str(port),
@@ -427,20 +423,7 @@ def centerctl_run(
             "CENTER_API_TOKENS": TOKENS,
             "CENTER_LOG_LEVEL": "WARNING",
         },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
     )
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
 
 
 async def test_kill_9_mid_booking_keeps_the_booking_and_reconciles_the_locks(
@@ -485,7 +468,7 @@ async def test_kill_9_mid_booking_keeps_the_booking_and_reconciles_the_locks(
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {BOOKING}"}
     try:
-        processes.append(centerctl_run(site_file, broker, port, data_dir))
+        processes.append(run_controller(site_file, broker, port, data_dir))
         async with aiohttp.ClientSession() as http:
 
             async def up() -> bool:
@@ -535,7 +518,7 @@ async def test_kill_9_mid_booking_keeps_the_booking_and_reconciles_the_locks(
             await wait_until(lambda: locks["lock-hui-xin-room"].state is LockState.LOCKED)
             sent_before = {lock: len(commands(probe, lock)) for lock in LOCKS}
 
-            processes.append(centerctl_run(site_file, broker, port, data_dir))
+            processes.append(run_controller(site_file, broker, port, data_dir))
             await wait_up()
             assert await status() == "checked_in"
             # Reconciled: the booked room is unlocked again; the others, already

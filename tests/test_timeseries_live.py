@@ -10,12 +10,9 @@ points and raises an alarm.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +22,9 @@ from controller.site import Site
 from tests.conftest import (
     CHANGBAI,
     PREFIX,
-    ROOT,
     Broker,
     Probe,
+    centerctl_run,
     controller_settings,
     free_port,
     start_controller,
@@ -184,17 +181,6 @@ async def test_a_refused_token_keeps_the_points_and_raises_an_alarm(
 # --- kill -9 during an outage: a real process ---------------------------------------
 
 
-def centerctl_run(env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "controller", "run", "--site", str(CHANGBAI)],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def store_health(port: int) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1) as reply:
@@ -202,16 +188,6 @@ def store_health(port: int) -> dict[str, Any] | None:
     except OSError:
         return None
     return health if health["mqtt"]["connected"] else None
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
 
 
 async def test_kill_9_during_an_outage_still_delivers_everything(
@@ -233,7 +209,7 @@ async def test_kill_9_during_an_outage_still_delivers_everything(
         "CENTER_INFLUX_TIMEOUT": "2",
         "CENTER_INFLUX_RETRY_MAX": "0.5",
     }
-    first = centerctl_run(env)
+    first = centerctl_run(CHANGBAI, env)
     processes.append(first)
     await wait_until(lambda: store_health(port), timeout=20, message="controller up")
 
@@ -248,7 +224,7 @@ async def test_kill_9_during_an_outage_still_delivers_everything(
     first.wait(10)
 
     victoria.start()
-    second = centerctl_run(env)
+    second = centerctl_run(CHANGBAI, env)
     processes.append(second)
     points = await wait_until(
         lambda: (p := love_room_temperatures(victoria)) and len(p) >= READINGS and p,

@@ -106,6 +106,3 @@ def encode_lines(points: Iterable[Point]) -> bytes:
 def make_fields(values: Mapping[str, FieldValue | None]) -> Fields:
     """The known values, in the given order; None (unknown) is left out."""
     return tuple((name, value) for name, value in values.items() if value is not None)
-
-
-_EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")

@@ -30,7 +30,7 @@ from pydantic import SecretStr
 
 from controller.clock import Clock, ScaledClock, SystemClock
 from controller.service import ControllerService
-from controller.settings import MqttEndpoint, Settings
+from controller.settings import MqttEndpoint, Scope, Settings
 from controller.site import Device, Site
 from controller.site_profiles import SiteWithProfiles
 from simulators.center import SimulatedCenter, site_with_ports
@@ -156,7 +156,7 @@ async def demo(
         token = None if settings.api_tokens else secrets.token_urlsafe(18)
         kiosk = None if settings.api_tokens else secrets.token_urlsafe(18)
         tokens = (
-            {SecretStr(token): ["staff"], SecretStr(kiosk): ["kiosk"]}
+            {SecretStr(token): [Scope.STAFF], SecretStr(kiosk): [Scope.KIOSK]}
             if token and kiosk
             else settings.api_tokens
         )

@@ -40,6 +40,7 @@ from controller.modbus_poller import ModbusDevices
 from controller.mqtt_link import MqttLink
 from controller.reports import Reports
 from controller.room_publisher import RoomStatePublisher
+from controller.sessions import SessionStore
 from controller.settings import Settings
 from controller.silence import SilenceWatch
 from controller.site import Site
@@ -183,7 +184,13 @@ class ControllerService:
         self.reports = Reports(
             site, clock, self.bookings, HistoryReader(self.timeseries.timeseries_path)
         )
-        self.auth = TokenAuth(settings.scopes_by_token())
+        self.sessions = SessionStore(
+            self.db,
+            clock,
+            idle=timedelta(hours=settings.session_idle_hours),
+            max_age=timedelta(days=settings.session_max_days),
+        )
+        self.auth = TokenAuth(settings.scopes_by_token(), self.sessions)
         self.app = create_app(
             site=site,
             state=self.state,

@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     data_dir: Path = Path("data")
     api_tokens: Annotated[dict[SecretStr, list[Scope]], NoDecode] = {}
+    # Status-page sessions: end after this long unused, and at the latest this
+    # long after the login (see controller/sessions.py).
+    session_idle_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    session_max_days: float = Field(default=7.0, gt=0, le=90)
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
 

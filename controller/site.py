@@ -201,6 +201,21 @@ class Rules(_Model):
     cabinet: CabinetRules = CabinetRules()
 
 
+class Position(_Model):
+    """Where a room's tile sits on the status page's floor map, in grid cells.
+
+    ``x``/``y`` are the tile's top-left cell (0-based, ``y`` grows downwards) and
+    ``w``/``h`` its size, on ``floor``; the map draws the floor the way it is laid
+    out, so staff find a room where they would walk to it.
+    """
+
+    floor: int = Field(default=1, ge=-9, le=199)
+    x: int = Field(ge=0, le=63)
+    y: int = Field(ge=0, le=63)
+    w: int = Field(default=1, ge=1, le=16)
+    h: int = Field(default=1, ge=1, le=16)
+
+
 class Room(_Model):
     id: Identifier
     name: str = Field(min_length=1)
@@ -208,6 +223,7 @@ class Room(_Model):
     capacity: int | None = Field(default=None, gt=0)
     bookable: bool = False
     always_open: bool = False
+    position: Position | None = None  # on the status page's map; None: placed on a grid
 
     @model_validator(mode="after")
     def _bookable_rooms_have_capacity(self) -> Self:
@@ -384,7 +400,49 @@ def reference_problems(data: object) -> list[Problem]:
         "devices", (_text(device, "state_topic") for device in devices), field="state_topic"
     )
     problems += _climate_room_problems(data, room_ids, devices)
+    problems += _overlapping_tiles(rooms)
     return problems
+
+
+def _overlapping_tiles(rooms: list[Mapping[str, object] | None]) -> list[Problem]:
+    """Two rooms drawn on the same cells of one floor would hide each other."""
+    placed: list[tuple[str, int, set[tuple[int, int]]]] = []
+    problems: list[Problem] = []
+    for index, room in enumerate(rooms):
+        tile = _tile(room.get("position") if room is not None else None)
+        if tile is None:
+            continue
+        floor, cells = tile
+        overlapped = next(
+            (
+                other
+                for other, other_floor, taken in placed
+                if other_floor == floor and cells & taken
+            ),
+            None,
+        )
+        if overlapped is not None:
+            reason = f"overlaps room {overlapped!r} on floor {floor}"
+            problems.append((("rooms", index, "position"), reason))
+        else:
+            placed.append((_identifier(room, "id") or f"rooms[{index}]", floor, cells))
+    return problems
+
+
+def _tile(position: object) -> tuple[int, set[tuple[int, int]]] | None:
+    """The floor and grid cells of a position; None when unreadable (field errors say why)."""
+    if not isinstance(position, Mapping):
+        return None
+    numbers: list[int] = []
+    for key, default in (("x", None), ("y", None), ("w", 1), ("h", 1), ("floor", 1)):
+        value = position.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool):
+            return None
+        numbers.append(value)
+    x, y, w, h, floor = numbers
+    if min(x, y) < 0 or not 1 <= w <= 16 or not 1 <= h <= 16:
+        return None
+    return floor, {(column, row) for column in range(x, x + w) for row in range(y, y + h)}
 
 
 def _climate_room_problems(

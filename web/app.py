@@ -1,4 +1,4 @@
-"""The HTTP API (and, later, the status page): ``create_app`` builds it from its parts.
+"""The HTTP API and the status page: ``create_app`` builds it from its parts.
 
 Handlers read live state through objects under typed ``AppKey``s; nothing
 here reaches into globals, so a test builds an app around any state it likes.
@@ -15,9 +15,9 @@ from prometheus_client import CollectorRegistry
 from controller.settings import Scope
 from controller.site import Site
 from controller.state import LiveState
-from web import access, bookings, cabinets, climate, metrics, reports, visitors
+from web import access, bookings, cabinets, climate, metrics, page, reports, visitors
 from web.app_keys import HEALTH, SITE, STATE, HealthReport
-from web.auth import TokenAuth, requires
+from web.auth import AUTH, TokenAuth, requires
 from web.errors import ApiError, error_response
 from web.openapi import add_openapi_route, operation
 from web.rooms import room_json
@@ -48,6 +48,7 @@ def create_app(
     app[STATE] = state
     app[HEALTH] = health
     app[SERVICES] = services
+    app[AUTH] = auth
     if stream is not None:
         app[STREAM_HUB] = stream
     app.router.add_get("/api/health", get_health)
@@ -62,6 +63,7 @@ def create_app(
     reports.add_routes(app)
     metrics.add_routes(app)
     add_stream_routes(app)
+    page.add_routes(app)
     add_openapi_route(
         app,
         title="center-controller API",

@@ -2,8 +2,9 @@
 
 Every connection starts with a ``snapshot`` (every room, the site, every
 device, the alarm counts), then gets ``room``, ``device``, ``site`` and
-``event`` messages as things happen, and a comment line every 15 s so proxies
-and the browser know the connection is alive. A reconnect (the browser's
+``event`` messages as things happen, and a ``heartbeat`` (with the site's time)
+after 15 s of quiet, so proxies keep the connection and the page can tell a
+silent stream from a dead one. A reconnect (the browser's
 EventSource does it by itself) starts with a new snapshot, so no change missed
 while disconnected stays on screen.
 
@@ -30,16 +31,21 @@ from aiohttp import web
 
 from controller.bus import EventBus, Unsubscribe
 from controller.event_log import EventLog, LoggedEvent
-from controller.events import DeviceStateChanged, FireAlarmChanged, RoomStateChanged
+from controller.events import (
+    DeviceStateChanged,
+    FireAlarmChanged,
+    RoomStateChanged,
+    VisitorsCounted,
+)
 from controller.settings import Scope
 from web.app_keys import SITE, STATE
-from web.auth import requires
+from web.auth import AUTH, IDENTITY, requires
 from web.errors import ApiError
 from web.openapi import operation
 from web.rooms import room_json
 from web.services import SERVICES
 
-HEARTBEAT = 15.0  # seconds between keep-alive comments
+HEARTBEAT = 15.0  # seconds between heartbeats when nothing else is said
 MAX_EVENTS = 500  # logged events a viewer may fall behind before it gets a snapshot
 RETRY_MS = 2000  # how soon the browser reconnects after losing the stream
 
@@ -81,6 +87,7 @@ class StreamHub:
                 self._bus.subscribe(RoomStateChanged, self._on_room),
                 self._bus.subscribe(DeviceStateChanged, self._on_device),
                 self._bus.subscribe(FireAlarmChanged, self._on_site),
+                self._bus.subscribe(VisitorsCounted, self._on_site),
                 self._events.listen(self._on_logged),
             ]
         self._viewers.add(viewer)
@@ -108,14 +115,17 @@ class StreamHub:
     def _on_device(self, event: DeviceStateChanged) -> None:
         self._mark(lambda viewer: viewer.devices.setdefault(event.device_id))
 
-    def _on_site(self, event: FireAlarmChanged) -> None:
+    def _on_site(self, event: FireAlarmChanged | VisitorsCounted) -> None:
         def site(viewer: Viewer) -> None:
             viewer.site = True
 
         self._mark(site)
 
     def _on_logged(self, event: LoggedEvent) -> None:
+        alarm = event.alarm_id is not None  # the header's alarm counts change with it
+
         def log(viewer: Viewer) -> None:
+            viewer.site = viewer.site or alarm
             if len(viewer.events) >= MAX_EVENTS:
                 viewer.events.clear()
                 viewer.resync = True
@@ -148,8 +158,9 @@ async def _shut_down(app: web.Application) -> None:
     "Live changes as Server-Sent Events",
     description=(
         "First a `snapshot` (rooms, site, devices, alarms), then `room`, `device`, "
-        "`site` and `event` messages as they happen; a comment every 15 s. Each "
-        "reconnect starts with a new snapshot."
+        "`site` and `event` messages as they happen; a `heartbeat` after 15 s of quiet. Each "
+        "reconnect starts with a new snapshot. A stream opened with the page's session "
+        "ends with a `session_ended` message when the session does."
     ),
     responses={200: "text/event-stream", 503: "no live stream in this server"},
     tags=["live"],
@@ -170,8 +181,15 @@ async def get_stream(request: web.Request) -> web.StreamResponse:
     await response.write(f"retry: {RETRY_MS}\n\n".encode())
     viewer = hub.open()
     ids = itertools.count(1)
+    loop = asyncio.get_running_loop()
+    checked = loop.time()
     try:
         while not hub.closing:
+            if loop.time() - checked >= HEARTBEAT:
+                checked = loop.time()
+                if not _still_allowed(request):
+                    await response.write(_message("session_ended", {}, next(ids)))
+                    break
             if viewer.pending():
                 for kind, body in _drain(request, viewer):
                     await response.write(_message(kind, body, next(ids)))
@@ -181,7 +199,8 @@ async def get_stream(request: web.Request) -> web.StreamResponse:
                 async with asyncio.timeout(HEARTBEAT):
                     await viewer.wake.wait()
             except TimeoutError:
-                await response.write(b": alive\n\n")
+                now = request.app[SERVICES].clock.now().isoformat()
+                await response.write(_message("heartbeat", {"time": now}, next(ids)))
     finally:
         hub.close(viewer)
     with contextlib.suppress(ConnectionResetError):
@@ -210,7 +229,7 @@ def _drain(request: web.Request, viewer: Viewer) -> list[tuple[str, Any]]:
     messages.extend(("device", state.device(device_id).to_json()) for device_id in devices)
     if viewer.site:
         viewer.site = False
-        messages.append(("site", state.site_state.to_json()))
+        messages.append(("site", _site_json(request)))
     events, viewer.events = viewer.events, []
     messages.extend(("event", event.to_json()) for event in events)
     return messages
@@ -220,12 +239,35 @@ def _snapshot(request: web.Request) -> dict[str, Any]:
     app = request.app
     site, state, services = app[SITE], app[STATE], app[SERVICES]
     return {
-        "site": {"id": site.site.id, "timezone": site.site.timezone, **state.site_state.to_json()},
+        "site": {"id": site.site.id, "timezone": site.site.timezone, **_site_json(request)},
         "rooms": [room_json(room, state, services, with_devices=False) for room in site.rooms],
         "devices": [device.to_json() for device in state.devices.values()],
         "alarms": services.alarms.counts(),
         "time": services.clock.now().isoformat(),
     }
+
+
+def _site_json(request: web.Request) -> dict[str, Any]:
+    """The building as a whole: fire latch, outdoor climate, alarm counts, visitors today."""
+    services = request.app[SERVICES]
+    return {
+        **request.app[STATE].site_state.to_json(),
+        "alarms": services.alarms.counts(),
+        "visitors": services.visitors.status()["today"],
+    }
+
+
+def _still_allowed(request: web.Request) -> bool:
+    """A stream opened with the page's session ends with the session (logout, expiry).
+
+    Checked every heartbeat, which also keeps an open page's session
+    in use, so a screen left on all day stays logged in.
+    """
+    identity = request.get(IDENTITY)
+    if identity is None or identity.session_id is None:
+        return True
+    sessions = request.app[AUTH].sessions
+    return sessions is not None and sessions.get(identity.session_id) is not None
 
 
 def _message(kind: str, body: Any, number: int) -> bytes:
